@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+// PipesFS: the Streamline I/O architecture (de Bruijn, Bos, Bal; TOCS 2011) in Swift.
+// Targets follow the paper: buffering (§5), processing (§6), control (§7), interfaces (§4).
+import PackageDescription
+
+let package = Package(
+    name: "PipesFS",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "pipesfs", targets: ["pipesfs"]),
+        .library(name: "PipesRuntime", targets: ["PipesRuntime"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C shims: module maps and tiny headers, no logic.
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "CPcap", pkgConfig: "libpcap", providers: [.apt(["libpcap-dev"])]),
+        // §5 buffering: rings, tap buffers, locks.
+        .target(name: "PipesBuffering"),
+        // §6 processing: blocks, the filter protocol, graph, execution by function calls.
+        .target(name: "PipesRuntime", dependencies: ["PipesBuffering"]),
+        // §6.1 the filter library, one file per filter.
+        .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "CPcap"]),
+        // §7 control: validated, undoable changes to the graph.
+        .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters"]),
+        // §4.1 the graph as a node tree (no FUSE types; unit-testable without a mount).
+        .target(name: "PipesFS", dependencies: ["PipesControl", "PipesRuntime", "PipesBuffering", "PipesFilters"]),
+        // The libfuse3 low-level wire layer, bridging to PipesFS.
+        .target(name: "PipesFUSE", dependencies: ["PipesFS", "CFuse3"]),
+        .executableTarget(
+            name: "pipesfs",
+            dependencies: [
+                "PipesFUSE", "PipesFS", "PipesControl", "PipesFilters", "PipesRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "PipesBufferingTests", dependencies: ["PipesBuffering"]),
+        .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime"]),
+        .testTarget(name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl"]),
+        .testTarget(name: "PipesFSTests", dependencies: ["PipesFS", "PipesControl", "PipesFilters", "PipesRuntime"]),
+    ]
+)

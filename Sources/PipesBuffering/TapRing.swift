@@ -1,0 +1,236 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a tap reader is handed: up to two contiguous segments of the ring (it may wrap), end of stream, or an errno.
+/// The pointers are valid only for the duration of the delivery call.
+public enum ReadOutcome {
+    case data(UnsafeRawBufferPointer, UnsafeRawBufferPointer)
+    case endOfStream
+    case error(Int32)
+}
+
+/// What happens to a record that does not fit because the reader lags.
+public enum OverflowPolicy: String, Sendable {
+    /// The producer is asked to wait (backpressure): no data is lost. Capture files and injection use this.
+    case block
+    /// The record is dropped for this reader and counted. Live capture uses this: the wire cannot wait.
+    case drop
+}
+
+/// The outcome of `TapRing.append`.
+public struct AppendResult: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// The record was stored (otherwise it was dropped and counted).
+    public static let stored = AppendResult(rawValue: 1)
+    /// The ring went from empty to non-empty and a reader waits or polls: call `serviceWaiters()`.
+    public static let becameReadable = AppendResult(rawValue: 2)
+    /// A `.block` ring is past its high-water mark: the producer should `waitUntilDrained`.
+    public static let congested = AppendResult(rawValue: 4)
+}
+
+/// A byte ring between one producer (the graph) and one reader (an open tap file).
+///
+/// Records are appended whole or not at all; the reader sees a byte stream. Indices are free-running and the
+/// capacity is a power of two (as in io_uring and netmap). A read that finds the ring empty is parked and
+/// delivered later by `serviceWaiters()`, which the runtime calls once per batch (signal moderation, §6.2).
+/// All state is guarded by `lock`.
+public final class TapRing: @unchecked Sendable {
+    public typealias Delivery = (ReadOutcome) -> Void
+
+    private struct Parked {
+        let id: UInt64
+        let max: Int
+        let deliver: Delivery
+    }
+
+    public let capacity: Int
+    private let mask: Int
+    private let storage: UnsafeMutableRawPointer
+    /// Free-running write and read indices (bytes).
+    private var head = 0
+    private var tail = 0
+    public let policy: OverflowPolicy
+    /// Above this fill level a `.block` ring asks its producer to wait.
+    public let highWater: Int
+    private let lock = ConditionLock()
+    private var parked: [Parked] = []
+    private var producerEnded = false
+    private var readerGone = false
+    /// Records dropped for this reader (policy `.drop`, or a record larger than the ring).
+    public private(set) var dropped: UInt64 = 0
+    public private(set) var bytesDelivered: UInt64 = 0
+    /// Called (outside the ring lock) when the ring becomes readable, for poll notifications.
+    private var readableNotifier: (@Sendable () -> Void)?
+
+    public init(capacity requested: Int = 4 << 20, policy: OverflowPolicy) {
+        var c = 4096
+        while c < requested { c <<= 1 }
+        capacity = c
+        mask = c - 1
+        storage = .allocate(byteCount: c, alignment: 64)
+        self.policy = policy
+        highWater = c / 2
+    }
+
+    deinit { storage.deallocate() }
+
+    // MARK: producer side (called with the graph's space lock held)
+
+    /// Appends one record made of an optional header and a body, whole or not at all.
+    @inline(__always)
+    public func append(header: UnsafeRawBufferPointer?, body: UnsafeRawBufferPointer) -> AppendResult {
+        let n = (header?.count ?? 0) + body.count
+        lock.lock()
+        defer { lock.unlock() }
+        if readerGone || producerEnded { return [] }
+        let used = head - tail
+        if n > capacity - used {
+            dropped &+= 1
+            return []
+        }
+        if let h = header { copyIn(h) }
+        copyIn(body)
+        var r: AppendResult = .stored
+        if used == 0 && (!parked.isEmpty || readableNotifier != nil) { r.insert(.becameReadable) }
+        if policy == .block && used + n >= highWater { r.insert(.congested) }
+        return r
+    }
+
+    @inline(__always)
+    private func copyIn(_ src: UnsafeRawBufferPointer) {
+        guard let base = src.baseAddress, src.count > 0 else { return }
+        let start = head & mask
+        let first = min(src.count, capacity - start)
+        (storage + start).copyMemory(from: base, byteCount: first)
+        if first < src.count {
+            storage.copyMemory(from: base + first, byteCount: src.count - first)
+        }
+        head &+= src.count
+    }
+
+    /// True when a `.block` ring is filled past its high-water mark: the producer should wait.
+    public var isCongested: Bool {
+        lock.withLock { policy == .block && !readerGone && head - tail >= highWater }
+    }
+
+    /// Waits (producer side, without the space lock) until the reader drained below the high-water mark,
+    /// went away, or `timeout` passed. Returns true when no longer congested.
+    public func waitUntilDrained(timeoutNanoseconds: Int64) -> Bool {
+        lock.withLock {
+            let deadline = monotonicNanoseconds() + timeoutNanoseconds
+            while !readerGone && head - tail >= highWater {
+                let left = deadline - monotonicNanoseconds()
+                if left <= 0 { return false }
+                lock.wait(timeoutNanoseconds: left)
+            }
+            return true
+        }
+    }
+
+    /// Delivers data to parked reads and calls the poll notifier. Call without the space lock if possible.
+    public func serviceWaiters() {
+        var notifier: (@Sendable () -> Void)?
+        lock.withLock {
+            deliverParkedLocked()
+            if head != tail || producerEnded { notifier = readableNotifier }
+        }
+        notifier?()
+    }
+
+    /// The producer will write no more: readers get what is buffered, then end of stream.
+    public func endOfStream() {
+        lock.withLock { producerEnded = true }
+        serviceWaiters()
+    }
+
+    public var isEnded: Bool { lock.withLock { producerEnded } }
+
+    // MARK: reader side
+
+    /// Reads up to `max` bytes. Delivers at once if data (or end of stream) is there, otherwise parks the read
+    /// under `id` until data arrives or `cancel(id:)`. Returns true if it was delivered at once.
+    @discardableResult
+    /// `interrupted` is checked under the ring lock just before parking (an interrupt that arrived earlier
+    /// found nothing to cancel): if it says so, the read ends with EINTR instead.
+    public func read(max: Int, id: UInt64, nonBlocking: Bool = false, interrupted: () -> Bool = { false },
+                     deliver: @escaping Delivery) -> Bool {
+        lock.lock()
+        if head != tail {
+            deliverLocked(max: max, deliver)
+            lock.unlock()
+            return true
+        }
+        if producerEnded || readerGone {
+            lock.unlock()
+            deliver(.endOfStream)
+            return true
+        }
+        if nonBlocking || interrupted() {
+            lock.unlock()
+            deliver(.error(nonBlocking ? EAGAIN : EINTR))
+            return true
+        }
+        parked.append(Parked(id: id, max: max, deliver: deliver))
+        lock.unlock()
+        return false
+    }
+
+    /// Cancels a parked read (an interrupt): it is answered with EINTR. No-op if already delivered.
+    public func cancel(id: UInt64) {
+        lock.lock()
+        guard let i = parked.firstIndex(where: { $0.id == id }) else { lock.unlock(); return }
+        let p = parked.remove(at: i)
+        lock.unlock()
+        p.deliver(.error(EINTR))
+    }
+
+    /// The reader closed its file: parked reads end, the producer stops writing and stops waiting on it.
+    public func closeReader() {
+        lock.withLock {
+            readerGone = true
+            let ps = parked
+            parked.removeAll()
+            for p in ps { p.deliver(.endOfStream) }
+            lock.broadcast()
+        }
+    }
+
+    public func setReadableNotifier(_ f: (@Sendable () -> Void)?) {
+        lock.withLock { readableNotifier = f }
+    }
+
+    /// Bytes waiting to be read.
+    public var available: Int { lock.withLock { head - tail } }
+    public var isReadable: Bool { lock.withLock { head != tail || producerEnded } }
+
+    // MARK: internals (lock held)
+
+    private func deliverParkedLocked() {
+        while !parked.isEmpty {
+            if head != tail {
+                let p = parked.removeFirst()
+                deliverLocked(max: p.max, p.deliver)
+            } else if producerEnded {
+                let p = parked.removeFirst()
+                p.deliver(.endOfStream)
+            } else {
+                return
+            }
+        }
+    }
+
+    private func deliverLocked(max: Int, _ deliver: Delivery) {
+        let n = min(max, head - tail)
+        let start = tail & mask
+        let first = min(n, capacity - start)
+        let a = UnsafeRawBufferPointer(start: storage + start, count: first)
+        let b = UnsafeRawBufferPointer(start: first < n ? storage : nil, count: n - first)
+        deliver(.data(a, b))
+        let wasCongested = head - tail >= highWater
+        tail &+= n
+        bytesDelivered &+= UInt64(n)
+        if wasCongested && head - tail < highWater { lock.broadcast() }
+    }
+}

@@ -1,0 +1,411 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PipesFilters
+import PipesRuntime
+
+/// A directory entry as the control plane sees it.
+public enum Entry {
+    case node(Node)
+    case link(dir: Node, id: UInt64, name: String, text: String, target: Node)
+}
+
+/// The control plane (§7): every change to the graph, validated and applied atomically under the space lock,
+/// undone on failure. The filesystem (mkdir, rmdir, rename, symlink, ctl files) and, later, the request language
+/// are front ends of this one API, so both produce the same graphs and the same errors.
+public final class Controller: @unchecked Sendable {
+    public let space: Space
+    public let errors = ErrorLog()
+    /// Where the tree is mounted (for absolute symlink targets), e.g. `/pipes`.
+    public var mountPoint: String
+    private let library: [String: FilterDescriptor]
+
+    /// Names every filter directory holds as files.
+    public static let fileNames: Set<String> = ["all", "all.pcap", "stats", "ctl"]
+    /// Names the root holds as files.
+    public static let rootFileNames: Set<String> = [".errors", ".ctl"]
+
+    public init(space: Space = Space(), mountPoint: String = "/pipes", library: [String: FilterDescriptor] = FilterLibrary.byName) {
+        self.space = space
+        self.mountPoint = mountPoint
+        self.library = library
+        let log = errors
+        space.errorHandler = { log.append($0) }
+    }
+
+    /// Runs `body` with the space lock held.
+    public func withLock<R>(_ body: () throws(ControlError) -> R) throws(ControlError) -> R {
+        space.lock.lock()
+        defer { space.lock.unlock() }
+        return try body()
+    }
+
+    /// Records a refused operation in `.errors` and returns the error to throw.
+    public func fail(_ op: String, _ e: ControlError) -> ControlError {
+        errors.append("\(op): \(e.message) (\(errnoName(e.errno)))")
+        return e
+    }
+
+    // MARK: lookup (lock held)
+
+    public func child(of parent: Node?, named name: String) -> Entry? {
+        if let p = parent {
+            if let c = p.children.first(where: { $0.name == name }) { return .node(c) }
+            if let l = p.links.first(where: { $0.name == name }) {
+                return .link(dir: p, id: l.id, name: l.name, text: l.text, target: l.target)
+            }
+            return nil
+        }
+        return space.roots.first(where: { $0.name == name }).map { .node($0) }
+    }
+
+    /// Resolves a path (absolute within the mount, or relative to `base`), following symlinks.
+    public func resolve(_ text: String, from base: Node?) -> Node? {
+        var path = text
+        var current: Node? = base
+        if path.hasPrefix("/") {
+            let mp = mountPoint.hasSuffix("/") ? String(mountPoint.dropLast()) : mountPoint
+            if path == mp { return nil }
+            guard path.hasPrefix(mp + "/") else { return nil }
+            path = String(path.dropFirst(mp.count))
+            current = nil
+        }
+        for part in path.split(separator: "/") {
+            switch part {
+            case ".": continue
+            case "..": current = current?.parent
+            default:
+                switch child(of: current, named: String(part)) {
+                case .node(let n): current = n
+                case .link(_, _, _, _, let t): current = t
+                case nil: return nil
+                }
+            }
+        }
+        return current
+    }
+
+    // MARK: sources
+
+    /// Adds a top-level source from `NAME=SCHEME:SPEC` (`pcap:`, `live:`, `inject:`).
+    @discardableResult
+    public func addSource(_ definition: String, uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> Node {
+        guard let eq = definition.firstIndex(of: "=") else {
+            throw fail("source '\(definition)'", ControlError(EINVAL, "want NAME=SCHEME:SPEC, e.g. web=pcap:/tmp/web.pcap,loop"))
+        }
+        let name = String(definition[..<eq])
+        let rest = String(definition[definition.index(after: eq)...])
+        let scheme = rest.split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
+        let spec = rest.contains(":") ? String(rest[rest.index(after: rest.firstIndex(of: ":")!)...]) : ""
+        let op = "source \(name)"
+        try checkName(name, root: true, op: op)
+        guard let d = FilterLibrary.sources[scheme] else {
+            throw fail(op, ControlError(EINVAL, "unknown source scheme '\(scheme)' (pcap:PATH, live:IFACE, inject:IFACE)"))
+        }
+        let filter: any Filter
+        do { filter = try d.make(spec) } catch { throw fail(op, ControlError(error.errno, error.message)) }
+        return try withLock { () throws(ControlError) -> Node in
+            if child(of: nil, named: name) != nil { throw fail(op, ControlError(EEXIST, "'\(name)' exists")) }
+            let node = Node(id: space.allocateID(), name: name, descriptor: d, filter: filter, uid: uid, gid: gid)
+            space.attach(node, under: nil)
+            if let s = filter as? any SourceFilter {
+                do { try s.attach(space: space, node: node) } catch {
+                    space.remove(node)
+                    let e = error as? FilterError ?? FilterError("\(error)")
+                    throw fail(op, ControlError(e.errno, e.message))
+                }
+            }
+            space.refresh()
+            return node
+        }
+    }
+
+    // MARK: directories
+
+    private func checkName(_ name: String, root: Bool, op: String) throws(ControlError) {
+        if name.isEmpty || name == "." || name == ".." { throw fail(op, ControlError(EINVAL, "empty or reserved name")) }
+        if name.utf8.count > 255 { throw fail(op, ControlError(ENAMETOOLONG, "name longer than 255 bytes")) }
+        if Controller.fileNames.contains(name) || (root && Controller.rootFileNames.contains(name)) {
+            throw fail(op, ControlError(EEXIST, "'\(name)' is a file every filter directory holds"))
+        }
+    }
+
+    /// Splits `FILTER=ARGS`.
+    public static func splitName(_ name: String) -> (filter: String, arguments: String) {
+        guard let eq = name.firstIndex(of: "=") else { return (name, "") }
+        return (String(name[..<eq]), String(name[name.index(after: eq)...]))
+    }
+
+    /// Instantiates what a directory name asks for below `parent`: a class selection or a filter.
+    private func instantiate(_ name: String, below parent: Node?, op: String) throws(ControlError)
+        -> (FilterDescriptor, any Filter, ClassSelector, Bool)
+    {
+        guard let parent else {
+            let (_, args) = Controller.splitName(name)
+            do { return (FilterLibrary.junction, try FilterLibrary.junction.make(args), .any, false) } catch {
+                throw fail(op, ControlError(error.errno, error.message))
+            }
+        }
+        if parent.descriptor.classifying, ClassSelector.looksLikeSelector(name, names: parent.descriptor.classNames) {
+            let sel: ClassSelector
+            do { sel = try ClassSelector.parse(name, names: parent.descriptor.classNames) } catch {
+                throw fail(op, ControlError(EINVAL, error.message))
+            }
+            return (ClassSelection.descriptor, ClassSelection(), sel, true)
+        }
+        let (fname, args) = Controller.splitName(name)
+        guard let d = library[fname] else {
+            var hint = ""
+            if parent.descriptor.classifying { hint = "; below \(parent.descriptor.name) a class is a number, LO:HI, !N or a name" }
+            throw fail(op, ControlError(EINVAL, "unknown filter '\(fname)' (filters: \(library.keys.sorted().joined(separator: " "))\(hint))"))
+        }
+        do { return (d, try d.make(args), .any, false) } catch {
+            throw fail(op, ControlError(error.errno, "\(fname): \(error.message)"))
+        }
+    }
+
+    /// `mkdir PARENT/NAME`: a filter on PARENT's output, a class selection, or (at the top) a junction.
+    @discardableResult
+    public func makeDirectory(in parent: Node?, named name: String, uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> Node {
+        let op = "mkdir \(pathOf(parent, name))"
+        try checkName(name, root: parent == nil, op: op)
+        space.lock.lock()
+        defer { space.lock.unlock() }
+        if let p = parent, p.removed { throw fail(op, ControlError(ENOENT, "parent was removed")) }
+        if child(of: parent, named: name) != nil { throw fail(op, ControlError(EEXIST, "'\(name)' exists")) }
+        // Instantiation parses arguments only; it can run without the lock, but is cheap enough to keep simple.
+        let (d, filter, selector, isClass) = try instantiate(name, below: parent, op: op)
+        do {
+            try filter.attach(streamLinkType: parent.flatMap { space.streamLinkType($0) })
+        } catch {
+            filter.shutdown()
+            throw fail(op, ControlError(error.errno, "\(d.name): \(error.message)"))
+        }
+        let node = Node(id: space.allocateID(), name: name, descriptor: d, filter: filter, selector: selector,
+                        isClassSelection: isClass, uid: uid, gid: gid)
+        space.attach(node, under: parent)
+        space.refresh()
+        return node
+    }
+
+    /// `rmdir PARENT/NAME`.
+    public func removeDirectory(in parent: Node?, named name: String) throws(ControlError) {
+        let op = "rmdir \(pathOf(parent, name))"
+        try withLock { () throws(ControlError) in
+            switch child(of: parent, named: name) {
+            case nil: throw fail(op, ControlError(ENOENT, "no such filter"))
+            case .link: throw fail(op, ControlError(ENOTDIR, "'\(name)' is a symlink (use rm)"))
+            case .node(let n):
+                if !n.children.isEmpty || !n.links.isEmpty {
+                    let names = (n.children.map(\.name) + n.links.map(\.name)).joined(separator: ", ")
+                    throw fail(op, ControlError(ENOTEMPTY, "filter has children: \(names)"))
+                }
+                space.remove(n)
+                space.refresh()
+            }
+        }
+    }
+
+    /// `mv PARENT/NAME NEWPARENT/NEWNAME`: re-parents a filter live (readers keep their files), renames it (a
+    /// different `=ARGS` reconfigures it), or moves a symlink to another directory.
+    public func rename(in parent: Node?, named name: String, to newParent: Node?, as newName: String,
+                       noReplace: Bool = false) throws(ControlError) {
+        let op = "rename \(pathOf(parent, name)) -> \(pathOf(newParent, newName))"
+        try checkName(newName, root: newParent == nil, op: op)
+        try withLock { () throws(ControlError) in
+            if let np = newParent, np.removed { throw fail(op, ControlError(ENOENT, "target directory was removed")) }
+            guard let entry = child(of: parent, named: name) else { throw fail(op, ControlError(ENOENT, "no such entry")) }
+            if let existing = child(of: newParent, named: newName) {
+                if case .node(let a) = entry, case .node(let b) = existing, a === b { return }
+                throw fail(op, ControlError(EEXIST, "'\(newName)' exists in the target directory"))
+            }
+            switch entry {
+            case .link(let dir, _, _, let text, let target):
+                guard let np = newParent else { throw fail(op, ControlError(EPERM, "symlinks live inside filter directories")) }
+                if target.reaches(np) { throw fail(op, ControlError(ELOOP, "the link would make a loop")) }
+                space.removeLink(in: dir, name: name)
+                space.addLink(in: np, name: newName, text: text, to: target)
+                space.refresh()
+            case .node(let n):
+                try moveNode(n, to: newParent, as: newName, op: op)
+            }
+        }
+    }
+
+    private func moveNode(_ n: Node, to newParent: Node?, as newName: String, op: String) throws(ControlError) {
+        if n.isSource && newParent != nil { throw fail(op, ControlError(EINVAL, "sources stay at the top level")) }
+        if let np = newParent, n.reaches(np) { throw fail(op, ControlError(EINVAL, "cannot move a filter below itself or its own output")) }
+        var selector = n.selector
+        if n.isClassSelection {
+            guard let np = newParent else { throw fail(op, ControlError(EINVAL, "a class selection needs a parent filter")) }
+            do { selector = try ClassSelector.parse(newName, names: np.descriptor.classNames) } catch {
+                throw fail(op, ControlError(EINVAL, error.message))
+            }
+        } else if newName != n.name && !n.isSource {
+            let (oldF, oldA) = Controller.splitName(n.name)
+            let (newF, newA) = Controller.splitName(newName)
+            let isJunction = n.descriptor.name == FilterLibrary.junction.name
+            if !isJunction && newF != oldF {
+                throw fail(op, ControlError(EINVAL, "a rename cannot change the filter kind ('\(oldF)' to '\(newF)')"))
+            }
+            if newA != oldA || (isJunction && newA != n.filter.arguments) {
+                do { try n.filter.reconfigure(arguments: newA) } catch {
+                    throw fail(op, ControlError(EINVAL, "\(n.descriptor.name): \(error.message)"))
+                }
+            }
+        }
+        let oldParent = n.parent
+        let oldName = n.name
+        let oldSelector = n.selector
+        space.move(n, under: newParent, name: newName, selector: selector)
+        do {
+            try n.filter.attach(streamLinkType: newParent.flatMap { space.streamLinkType($0) } ?? space.streamLinkType(n))
+        } catch {
+            space.move(n, under: oldParent, name: oldName, selector: oldSelector)  // undo
+            throw fail(op, ControlError(error.errno, "\(n.descriptor.name): \(error.message)"))
+        }
+        space.refresh()
+    }
+
+    /// `ln -s TEXT DIR/NAME`: DIR becomes an additional parent of the target (fan-in).
+    @discardableResult
+    public func link(_ text: String, in dir: Node?, named name: String) throws(ControlError) -> UInt64 {
+        let op = "symlink \(pathOf(dir, name)) -> \(text)"
+        try checkName(name, root: dir == nil, op: op)
+        return try withLock { () throws(ControlError) -> UInt64 in
+            guard let dir else { throw fail(op, ControlError(EPERM, "symlinks go inside a filter directory")) }
+            if dir.removed { throw fail(op, ControlError(ENOENT, "directory was removed")) }
+            if child(of: dir, named: name) != nil { throw fail(op, ControlError(EEXIST, "'\(name)' exists")) }
+            guard let target = resolve(text, from: dir) else {
+                throw fail(op, ControlError(ENOENT, "target '\(text)' is not a filter directory in this tree"))
+            }
+            if target.isSource { throw fail(op, ControlError(EINVAL, "'\(target.name)' is a source: it has no input")) }
+            if target === dir || target.reaches(dir) { throw fail(op, ControlError(ELOOP, "the link would make a loop")) }
+            if dir.links.contains(where: { $0.target === target }) || target.parent === dir {
+                throw fail(op, ControlError(EEXIST, "'\(dir.name)' already feeds '\(target.name)'"))
+            }
+            let id = space.addLink(in: dir, name: name, text: text, to: target)
+            space.refresh()
+            return id
+        }
+    }
+
+    /// `rm DIR/NAME` of a symlink: removes that edge.
+    public func unlink(in dir: Node?, named name: String) throws(ControlError) {
+        let op = "unlink \(pathOf(dir, name))"
+        try withLock { () throws(ControlError) in
+            if Controller.fileNames.contains(name) || (dir == nil && Controller.rootFileNames.contains(name)) {
+                throw fail(op, ControlError(EPERM, "'\(name)' is part of the filter directory"))
+            }
+            switch child(of: dir, named: name) {
+            case nil: throw fail(op, ControlError(ENOENT, "no such entry"))
+            case .node: throw fail(op, ControlError(EISDIR, "'\(name)' is a filter (use rmdir)"))
+            case .link(let d, _, _, _, _):
+                space.removeLink(in: d, name: name)
+                space.refresh()
+            }
+        }
+    }
+
+    // MARK: control files
+
+    /// One line written to a filter's `ctl`: `args TEXT`, or a command the filter knows (`start`, `reset`...).
+    public func control(_ node: Node, _ line: String) throws(ControlError) {
+        let trimmed = line.trimmingWhitespace()
+        if trimmed.isEmpty { return }
+        let op = "ctl \(node.path): '\(trimmed)'"
+        let cmd = String(trimmed.prefix { $0 != " " && $0 != "\t" })
+        let arg = String(trimmed.dropFirst(cmd.count)).trimmingWhitespace()
+        try withLock { () throws(ControlError) in
+            if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
+            if cmd == "args" {
+                if node.isSource || node.isClassSelection { throw fail(op, ControlError(EINVAL, "\(node.descriptor.name) takes no arguments here")) }
+                do { try node.filter.reconfigure(arguments: arg) } catch {
+                    let e = error as? FilterError ?? FilterError("\(error)")
+                    throw fail(op, ControlError(EINVAL, "\(node.descriptor.name): \(e.message)"))
+                }
+                return
+            }
+            switch node.filter.control(cmd, arg) {
+            case .success?: space.refresh()
+            case .failure(let e)?: throw fail(op, ControlError(e.errno, "\(node.descriptor.name): \(e.message)"))
+            case nil:
+                throw fail(op, ControlError(EINVAL, "unknown command '\(cmd)' for \(node.descriptor.name) (see: cat ctl)"))
+            }
+        }
+    }
+
+    /// One line written to `/.ctl`: `source NAME=SCHEME:SPEC`.
+    public func rootControl(_ line: String, uid: UInt32, gid: UInt32) throws(ControlError) {
+        let trimmed = line.trimmingWhitespace()
+        if trimmed.isEmpty { return }
+        if trimmed.hasPrefix("source ") {
+            try addSource(String(trimmed.dropFirst(7)).trimmingWhitespace(), uid: uid, gid: gid)
+        } else {
+            throw fail(".ctl: '\(trimmed)'", ControlError(EINVAL, "unknown command (source NAME=SCHEME:SPEC)"))
+        }
+    }
+
+    /// The text of a node's `ctl` when read.
+    public func controlText(_ node: Node) -> String {
+        space.lock.withLock {
+            var s = "filter: \(node.descriptor.name)\n"
+            s += "summary: \(node.descriptor.summary)\n"
+            s += "usage: \(node.descriptor.usage)\n"
+            if node.isClassSelection { s += "class: \(node.selector.text)\n" } else { s += "args: \(node.filter.arguments)\n" }
+            var cmds = node.isSource || node.isClassSelection ? [] : ["args TEXT"]
+            if node.filter is PcapFileSource { cmds += ["start", "stop", "rewind", "rate PPS"] }
+            if node.filter is Count { cmds += ["reset"] }
+            if node.filter is PcapOut { cmds += ["sync"] }
+            s += "commands: \(cmds.joined(separator: ", "))\n"
+            return s
+        }
+    }
+
+    /// The text of a node's `stats`.
+    public func statsText(_ node: Node) -> String {
+        space.lock.withLock {
+            let st = node.stats
+            var lines: [(String, String)] = [
+                ("filter", node.descriptor.name), ("path", node.path),
+                ("packets_in", "\(st.packetsIn)"), ("bytes_in", "\(st.bytesIn)"),
+                ("packets_out", "\(st.packetsOut)"), ("bytes_out", "\(st.bytesOut)"),
+                ("dropped", "\(st.tapDrops + node.taps.reduce(0) { $0 + $1.ring.dropped })"),
+                ("readers", "\(node.taps.count)"),
+                ("stream", node.ended ? "ended" : "open"),
+            ]
+            if node.isClassSelection { lines.insert(("class", node.selector.text), at: 1) }
+            lines += node.filter.statistics()
+            return lines.map { "\($0.0): \($0.1)\n" }.joined()
+        }
+    }
+
+    func pathOf(_ parent: Node?, _ name: String) -> String {
+        (parent?.path ?? "") + "/" + name
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\n" || f == "\r" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\n" || l == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+extension Controller {
+    /// Checks a source definition without adding it (opens and closes its file or interface).
+    public static func validateSource(_ definition: String) throws(ControlError) {
+        let c = Controller()
+        let n = try c.addSource(definition)
+        c.space.lock.withLock { c.space.remove(n) }
+    }
+
+    /// Stops every source and closes every filter (unmount).
+    public func shutdown() {
+        space.lock.withLock {
+            for n in space.nodes.values { n.filter.shutdown() }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+import PipesFS
+
+/// Mounts a `Tree` with libfuse3 and serves it until unmounted or signalled (SIGINT, SIGTERM, SIGHUP).
+public enum FUSEServer {
+    public struct MountError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Mounts, optionally daemonizes, calls `started` (start source threads here: after the fork), serves
+    /// requests on a multi-threaded loop, and unmounts on exit. Returns the loop's status.
+    public static func serve(tree: Tree, mountPoint: String, options: [String], foreground: Bool,
+                             started: () -> Void) throws -> Int32 {
+        var args = fuse_args()
+        fuse_opt_add_arg(&args, "pipesfs")
+        for o in options {
+            fuse_opt_add_arg(&args, "-o")
+            fuse_opt_add_arg(&args, o)
+        }
+        defer { fuse_opt_free_args(&args) }
+        var ops = makeOperations()
+        let bridge = FUSEBridge(tree: tree)
+        let userdata = Unmanaged.passRetained(bridge).toOpaque()
+        guard let se = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
+            throw MountError(description: "cannot start a FUSE session with options \(options.joined(separator: ","))")
+        }
+        defer { fuse_session_destroy(se) }
+        if fuse_set_signal_handlers(se) != 0 { throw MountError(description: "cannot install signal handlers") }
+        defer { fuse_remove_signal_handlers(se) }
+        if fuse_session_mount(se, mountPoint) != 0 {
+            throw MountError(description: "cannot mount at \(mountPoint) (does it exist, and is /dev/fuse usable?)")
+        }
+        defer { fuse_session_unmount(se) }
+        fuse_daemonize(foreground ? 1 : 0)
+        started()
+        let cfg = fuse_loop_cfg_create()
+        defer { fuse_loop_cfg_destroy(cfg) }
+        fuse_loop_cfg_set_clone_fd(cfg, 0)
+        fuse_loop_cfg_set_max_threads(cfg, 64)
+        fuse_loop_cfg_set_idle_threads(cfg, 4)
+        return fuse_session_loop_mt(se, cfg)
+    }
+}

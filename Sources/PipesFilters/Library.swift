@@ -1,0 +1,19 @@
+import PipesRuntime
+
+/// The filter library: every filter `mkdir` and SRL can name. Adding a filter: one file, one line here, one test.
+public enum FilterLibrary {
+    public static let filters: [FilterDescriptor] = [
+        Eth.descriptor, IP.descriptor, IP6.descriptor, IPProto.descriptor,
+        TCP.descriptor, UDP.descriptor, ICMP.descriptor, SPort.descriptor, DPort.descriptor,
+        BPF.descriptor, Count.descriptor, Match.descriptor, Payload.descriptor, PcapOut.descriptor,
+    ]
+
+    /// Sources, named by the scheme of a `--source NAME=SCHEME:SPEC` option.
+    public static let sources: [String: FilterDescriptor] = [
+        "pcap": PcapFileSource.descriptor, "live": LiveSource.descriptor, "inject": Tx.descriptor,
+    ]
+
+    public static let byName: [String: FilterDescriptor] = Dictionary(uniqueKeysWithValues: filters.map { ($0.name, $0) })
+
+    public static let junction = Junction.descriptor
+}

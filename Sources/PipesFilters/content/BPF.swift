@@ -1,0 +1,100 @@
+import CPcap
+import PipesBuffering
+import PipesRuntime
+
+/// Serializes calls into libpcap's compiler.
+let pcapCompilerLock = ConditionLock()
+
+/// A compiled BPF program for one link type (owned; freed on deinit).
+final class BPFProgram {
+    var program = bpf_program()
+    let linkType: LinkType
+
+    init(expression: String, linkType: LinkType, snaplen: Int32 = 262_144) throws(FilterError) {
+        self.linkType = linkType
+        let result: String? = pcapCompilerLock.withLock {
+            guard let dead = pcap_open_dead(linkType.rawValue, snaplen) else { return "pcap_open_dead failed" }
+            defer { pcap_close(dead) }
+            if pcap_compile(dead, &program, expression, 1, PCAP_NETMASK_UNKNOWN) != 0 {
+                return String(cString: pcap_geterr(dead))
+            }
+            return nil
+        }
+        if let e = result { throw FilterError("bpf: '\(expression)': \(e) (link type \(linkType))") }
+    }
+
+    deinit { pcap_freecode(&program) }
+
+    @inline(__always)
+    func matches(_ block: Block) -> Bool {
+        guard let base = block.bytes.baseAddress else { return false }
+        return bpf_filter(program.bf_insns, base.assumingMemoryBound(to: UInt8.self),
+                          UInt32(truncatingIfNeeded: block.wireLength), UInt32(block.count)) != 0
+    }
+}
+
+/// `bpf=EXPR`: packets matching a tcpdump/libpcap filter expression, compiled by `pcap_compile` for the
+/// stream's link type and run by libpcap's `bpf_filter`.
+public final class BPF: Filter {
+    private var expression: String
+    private var programs: [BPFProgram]
+    /// The program for the link type seen last (hot path: one compare, no lookup).
+    private unowned(unsafe) var current: BPFProgram
+
+    init(_ expression: String) throws(FilterError) {
+        let e = expression.trimmingCharacters(in: " ")
+        if e.isEmpty { throw FilterError("bpf: needs an expression, as in 'bpf=tcp dst port 80'") }
+        let p = try BPFProgram(expression: e, linkType: .ethernet)
+        self.expression = e
+        programs = [p]
+        current = p
+    }
+
+    @inline(__always)
+    public func process(_ block: inout Block) -> UInt32 {
+        if current.linkType != block.linkType { if !select(block.linkType) { return 0 } }
+        return current.matches(block) ? (block.classValue == 0 ? 1 : block.classValue) : 0
+    }
+
+    /// Finds or compiles the program for a link type (once per link type; not on the steady-state path).
+    private func select(_ lt: LinkType) -> Bool {
+        if let p = programs.first(where: { $0.linkType == lt }) { current = p; return true }
+        guard let p = try? BPFProgram(expression: expression, linkType: lt) else { return false }
+        programs.append(p)
+        current = p
+        return true
+    }
+
+    public func attach(streamLinkType: LinkType?) throws(FilterError) {
+        guard let lt = streamLinkType, lt != .user else { return }
+        if programs.contains(where: { $0.linkType == lt }) { _ = select(lt); return }
+        let p = try BPFProgram(expression: expression, linkType: lt)
+        programs.append(p)
+        current = p
+    }
+
+    public var arguments: String { expression }
+    public func reconfigure(arguments: String) throws(FilterError) {
+        let e = arguments.trimmingCharacters(in: " ")
+        if e.isEmpty { throw FilterError("bpf: needs an expression") }
+        var fresh: [BPFProgram] = []
+        for p in programs { fresh.append(try BPFProgram(expression: e, linkType: p.linkType)) }
+        expression = e
+        programs = fresh
+        current = fresh[fresh.count - 1]
+    }
+
+    public static let descriptor = FilterDescriptor(
+        name: "bpf", summary: "packets matching a pcap-filter(7) expression",
+        usage: "bpf=EXPRESSION (tcpdump syntax, e.g. 'bpf=tcp dst port 80')", structuralClass: .filtering
+    ) { a throws(FilterError) in try BPF(a) }
+}
+
+extension String {
+    func trimmingCharacters(in c: Character) -> String {
+        var s = Substring(self)
+        while s.first == c || s.first == "\t" { s = s.dropFirst() }
+        while s.last == c || s.last == "\t" || s.last == "\n" { s = s.dropLast() }
+        return String(s)
+    }
+}

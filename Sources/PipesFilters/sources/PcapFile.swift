@@ -1,0 +1,220 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CPcap
+import PipesBuffering
+import PipesRuntime
+
+/// A capture-file source: `--source NAME=pcap:PATH[,loop][,paused][,rate=PPS]`.
+///
+/// Reads classic pcap and pcapng files of any link type libpcap reads, with nanosecond timestamps. It runs on
+/// its own thread, only while something is attached below it, and never loses data: when a reader lags, it
+/// waits (backpressure). `ctl` takes `start`, `stop`, `rewind`, `rate PPS`.
+public final class PcapFileSource: SourceFilter, @unchecked Sendable {
+    public let path: String
+    public let loop: Bool
+    public let linkType: LinkType
+    // State below is guarded by `state`.
+    private let state = ConditionLock()
+    private var paused: Bool
+    private var rate: Int
+    private var demand = false
+    private var rewindRequested = false
+    private var _finished = false
+    private var stopping = false
+    private var packetsRead: UInt64 = 0
+    private var loops: UInt64 = 0
+    private var lastError: String?
+    private var handle: OpaquePointer?
+    private weak var space: Space?
+    private unowned(unsafe) var node: Node?
+
+    public init(spec: String) throws(FilterError) {
+        var parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let p = parts.first, !p.isEmpty else { throw FilterError("pcap source: missing file path in 'pcap:\(spec)'") }
+        parts.removeFirst()
+        var loop = false, paused = false, rate = 0
+        for o in parts {
+            switch o {
+            case "loop": loop = true
+            case "paused": paused = true
+            case _ where o.hasPrefix("rate="):
+                guard let r = Int(o.dropFirst(5)), r > 0 else { throw FilterError("pcap source: bad rate '\(o)' (want rate=PACKETS_PER_SECOND > 0)") }
+                rate = r
+            default:
+                throw FilterError("pcap source: unknown option '\(o)' (loop, paused, rate=PPS)")
+            }
+        }
+        path = p
+        self.loop = loop
+        self.paused = paused
+        self.rate = rate
+        let h = try PcapFileSource.open(p)
+        handle = h
+        linkType = LinkType(rawValue: pcap_datalink(h))
+    }
+
+    static func open(_ path: String) throws(FilterError) -> OpaquePointer {
+        var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
+        if access(path, R_OK) != 0 {
+            let e = errno
+            throw FilterError("pcap source: cannot read '\(path)': \(String(cString: strerror(e)))", errno: e)
+        }
+        guard let h = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &err) else {
+            throw FilterError("pcap source: '\(path)' is not a capture file libpcap can read: \(String(cString: err))")
+        }
+        return h
+    }
+
+    public var isLive: Bool { false }
+    public var finished: Bool { state.withLock { _finished } }
+
+    public func process(_ block: inout Block) -> UInt32 { 1 }
+
+    public func attach(space: Space, node: Node) throws(FilterError) {
+        self.space = space
+        self.node = node
+        startThread(name: "src-\(node.name)") { [self] in run() }
+    }
+
+    public func setDemand(_ d: Bool) {
+        state.withLock {
+            demand = d
+            state.broadcast()
+        }
+    }
+
+    public func control(_ command: String, _ argument: String) -> Result<Void, FilterError>? {
+        switch command {
+        case "start":
+            state.withLock { paused = false; state.broadcast() }
+        case "stop", "pause":
+            state.withLock { paused = true }
+        case "rewind":
+            // The caller (control) holds the space lock and refreshes end-of-stream state afterwards.
+            state.withLock { rewindRequested = true; _finished = false; state.broadcast() }
+        case "rate":
+            guard let r = Int(argument), r >= 0 else { return .failure(FilterError("rate: want packets per second (0 = as fast as possible)")) }
+            state.withLock { rate = r }
+        default:
+            return nil
+        }
+        return .success(())
+    }
+
+    public func statistics() -> [(String, String)] {
+        state.withLock {
+            let s = stopping ? "stopped" : _finished ? "finished" : paused ? "paused" : demand ? "running" : "idle (nothing attached)"
+            var r = [("source", "pcap:\(path)"), ("state", s), ("link_type", linkType.description),
+                     ("packets_read", "\(packetsRead)"), ("loops", "\(loops)"), ("rate", rate == 0 ? "max" : "\(rate)")]
+            if let e = lastError { r.append(("last_error", e)) }
+            return r
+        }
+    }
+
+    public func shutdown() {
+        state.withLock { stopping = true; state.broadcast() }
+    }
+
+    // MARK: the source thread
+
+    private func run() {
+        var pending = 0  // packets pushed since the last rate check
+        var paceStart = monotonicNanoseconds()
+        while true {
+            // Wait until running, with demand.
+            var reopen = false
+            state.lock()
+            while !stopping && (paused || !demand || (_finished && !rewindRequested)) {
+                state.wait()
+            }
+            if stopping { state.unlock(); break }
+            if rewindRequested { rewindRequested = false; reopen = true }
+            let rate = self.rate
+            state.unlock()
+            if reopen { reopenFile(); paceStart = monotonicNanoseconds(); pending = 0 }
+            guard let space, let node else { break }
+            guard let h = handle else {
+                state.withLock { _finished = true }
+                space.lock.withLock { space.refresh() }
+                continue
+            }
+
+            let batch = rate > 0 ? max(1, min(64, rate / 100)) : 256
+            var ended = false
+            var failure: String?
+            var n = 0
+            space.lock.lock()
+            if node.removed { space.lock.unlock(); break }
+            while n < batch {
+                var hdr: UnsafeMutablePointer<pcap_pkthdr>?
+                var data: UnsafePointer<UInt8>?
+                let rc = pcap_next_ex(h, &hdr, &data)
+                if rc == 1, let hdr, let data {
+                    let caplen = Int(hdr.pointee.caplen)
+                    var b = Block(bytes: UnsafeRawBufferPointer(start: data, count: caplen),
+                                  wireLength: Int(hdr.pointee.len), seconds: Int64(hdr.pointee.ts.tv_sec),
+                                  nanoseconds: Int32(truncatingIfNeeded: hdr.pointee.ts.tv_usec), linkType: linkType)
+                    space.push(node, &b)
+                    n += 1
+                    if space.needsDrain { break }
+                } else if rc == PCAP_ERROR_BREAK {  // end of file
+                    ended = true
+                    break
+                } else {
+                    failure = String(cString: pcap_geterr(h))
+                    ended = true
+                    break
+                }
+            }
+            space.lock.unlock()
+            state.withLock { packetsRead &+= UInt64(n) }
+            space.finishBatch(mayWait: true) { [self] in state.withLock { stopping || rewindRequested } }
+
+            if let f = failure {
+                let msg = "source \(node.name): '\(path)' is damaged after \(packetsRead) packets: \(f)"
+                state.withLock { lastError = msg }
+                space.reportError(msg)
+            }
+            if ended {
+                if loop && failure == nil && n + Int(packetsRead) > 0 {
+                    state.withLock { loops &+= 1 }
+                    reopenFile()
+                } else {
+                    state.withLock { _finished = true }
+                    space.lock.withLock { space.refresh() }
+                }
+            }
+            if rate > 0 {
+                pending += n
+                let due = paceStart + Int64(pending) * 1_000_000_000 / Int64(rate)
+                let now = monotonicNanoseconds()
+                if due > now {
+                    var ts = timespec(tv_sec: Int((due - now) / 1_000_000_000), tv_nsec: Int((due - now) % 1_000_000_000))
+                    nanosleep(&ts, nil)
+                } else if now - due > 1_000_000_000 {
+                    paceStart = now; pending = 0  // fell behind by >1 s (e.g. paused): do not burst
+                }
+            }
+        }
+        if let h = handle { pcap_close(h); handle = nil }
+    }
+
+    private func reopenFile() {
+        if let h = handle { pcap_close(h) }
+        handle = nil
+        do {
+            handle = try PcapFileSource.open(path)
+        } catch {
+            let msg = "source \(node?.name ?? "?"): \(error.message)"
+            state.withLock { lastError = msg; _finished = true }
+            space?.reportError(msg)
+            space?.lock.withLock { space?.refresh() }
+        }
+    }
+
+    public static let descriptor = FilterDescriptor(
+        name: "pcap", summary: "capture-file source (pcap or pcapng)",
+        usage: "--source NAME=pcap:PATH[,loop][,paused][,rate=PPS]", structuralClass: .source
+    ) { a throws(FilterError) in try PcapFileSource(spec: a) }
+}

@@ -1,0 +1,79 @@
+/// Link-layer header types, numbered as libpcap's LINKTYPE_* / DLT_* values.
+public struct LinkType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let null = LinkType(rawValue: 0)  // BSD loopback, host-order family
+    public static let ethernet = LinkType(rawValue: 1)
+    public static let ppp = LinkType(rawValue: 9)
+    public static let raw = LinkType(rawValue: 101)  // LINKTYPE_RAW: IPv4 or IPv6, no link header
+    public static let dltRaw12 = LinkType(rawValue: 12)  // DLT_RAW on most systems
+    public static let dltRaw14 = LinkType(rawValue: 14)  // DLT_RAW on OpenBSD
+    public static let loop = LinkType(rawValue: 108)  // OpenBSD loopback, network-order family
+    public static let linuxSLL = LinkType(rawValue: 113)
+    public static let ipv4 = LinkType(rawValue: 228)
+    public static let ipv6 = LinkType(rawValue: 229)
+    public static let linuxSLL2 = LinkType(rawValue: 276)
+    /// Data that is not a frame: written into a tap by a process (LINKTYPE_USER0).
+    public static let user = LinkType(rawValue: 147)
+
+    public var description: String {
+        switch self {
+        case .null: "null"
+        case .ethernet: "ethernet"
+        case .ppp: "ppp"
+        case .raw, .dltRaw12, .dltRaw14: "raw"
+        case .loop: "loop"
+        case .linuxSLL: "linux-sll"
+        case .linuxSLL2: "linux-sll2"
+        case .ipv4: "ipv4"
+        case .ipv6: "ipv6"
+        case .user: "user"
+        default: "linktype-\(rawValue)"
+        }
+    }
+}
+
+/// A block travelling through the graph: a non-owning view of bytes plus the metadata filters annotate (§6.1).
+///
+/// Blocks are values passed `inout` down the graph by function calls; they never own memory, so passing one
+/// allocates nothing. The bytes stay valid for the duration of one `push` from a source.
+public struct Block {
+    /// The captured bytes.
+    public var bytes: UnsafeRawBufferPointer
+    /// Length on the wire (may exceed `bytes.count` when the capture was truncated by a snap length).
+    public var wireLength: Int
+    public var seconds: Int64
+    public var nanoseconds: Int32
+    public var linkType: LinkType
+    /// The class value the upstream filter returned (0 never travels: it means "do not forward").
+    public var classValue: UInt32 = 0
+    /// Decoded layer offsets; see `Block+Decode.swift`. Filled lazily, once, by whichever filter needs them.
+    public var layers = Layers()
+
+    public init(bytes: UnsafeRawBufferPointer, wireLength: Int? = nil, seconds: Int64 = 0, nanoseconds: Int32 = 0,
+                linkType: LinkType) {
+        self.bytes = bytes
+        self.wireLength = wireLength ?? bytes.count
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+        self.linkType = linkType
+    }
+
+    @inline(__always) public var count: Int { bytes.count }
+
+    /// Big-endian readers that return nil instead of trapping when the bytes are not there.
+    @inline(__always)
+    public func u8(_ at: Int) -> UInt8? {
+        at >= 0 && at < bytes.count ? bytes[at] : nil
+    }
+    @inline(__always)
+    public func u16(_ at: Int) -> UInt16? {
+        guard at >= 0, at + 2 <= bytes.count else { return nil }
+        return UInt16(bytes[at]) << 8 | UInt16(bytes[at + 1])
+    }
+    @inline(__always)
+    public func u32(_ at: Int) -> UInt32? {
+        guard at >= 0, at + 4 <= bytes.count else { return nil }
+        return UInt32(bytes[at]) << 24 | UInt32(bytes[at + 1]) << 16 | UInt32(bytes[at + 2]) << 8 | UInt32(bytes[at + 3])
+    }
+}

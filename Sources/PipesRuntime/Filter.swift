@@ -1,0 +1,88 @@
+/// The paper's structural filter classes (Table I).
+public enum StructuralClass: String, Sendable {
+    case source, passThrough = "pass-through", inspection, filtering, reordering, rewriting, sink
+}
+
+/// An error from parsing a filter's arguments or a class selector: a one-line reason, shown to the user.
+public struct FilterError: Error, Equatable, CustomStringConvertible, Sendable {
+    public var message: String
+    /// The errno a file operation reports for it (EINVAL unless said otherwise).
+    public var errno: Int32
+    public init(_ message: String, errno: Int32 = 22) {
+        self.message = message
+        self.errno = errno
+    }
+    public var description: String { message }
+}
+
+/// A filter: a small object with per-instance state whose one hot method classifies a block (§6.1).
+///
+/// `process` returns the block's class value; 0 means "do not forward". It may narrow the block's view
+/// (`bytes`) or annotate its metadata; it must not allocate. Filters parse their own argument text (as in
+/// Click). Everything except `process` runs on the control path.
+public protocol Filter: AnyObject {
+    /// Classifies (and may annotate) one block. Called with the space lock held, once per block.
+    func process(_ block: inout Block) -> UInt32
+
+    /// Applies new argument text (from the `ctl` file or a rename). Throws with a reason on bad arguments.
+    func reconfigure(arguments: String) throws(FilterError)
+
+    /// The current argument text, as `reconfigure` accepts it.
+    var arguments: String { get }
+
+    /// Extra `name: value` lines for the `stats` file.
+    func statistics() -> [(String, String)]
+
+    /// Handles a control command that is not `args` (e.g. `reset` for count). Returns nil if unknown.
+    func control(_ command: String, _ argument: String) -> Result<Void, FilterError>?
+
+    /// Called on the control path once the filter has a place in the graph, with the link type of the
+    /// stream it will see (nil if mixed or unknown). Throws to refuse the attachment (e.g. a BPF
+    /// expression that does not compile for that link type).
+    func attach(streamLinkType: LinkType?) throws(FilterError)
+
+    /// Called when the filter leaves the graph (close files, stop threads).
+    func shutdown()
+}
+
+extension Filter {
+    public func reconfigure(arguments: String) throws(FilterError) {
+        if !arguments.isEmpty { throw FilterError("takes no arguments") }
+    }
+    public var arguments: String { "" }
+    public func statistics() -> [(String, String)] { [] }
+    public func control(_ command: String, _ argument: String) -> Result<Void, FilterError>? { nil }
+    public func attach(streamLinkType: LinkType?) throws(FilterError) {}
+    public func shutdown() {}
+}
+
+/// What the runtime knows about a filter kind before instantiating it: its manual entry and its constructor.
+public struct FilterDescriptor: Sendable {
+    public let name: String
+    public let summary: String
+    public let usage: String
+    public let structuralClass: StructuralClass
+    /// Class names the filter defines for class selectors (`ipproto/tcp` → 6; `dport/ssh` → 22).
+    public let classNames: [String: UInt32]
+    /// True when class directories apply below it (its class value carries information: a port, a protocol).
+    public let classifying: Bool
+    public let make: @Sendable (String) throws(FilterError) -> any Filter
+
+    public init(name: String, summary: String, usage: String, structuralClass: StructuralClass,
+                classNames: [String: UInt32] = [:], classifying: Bool = false,
+                make: @escaping @Sendable (String) throws(FilterError) -> any Filter) {
+        self.name = name
+        self.summary = summary
+        self.usage = usage
+        self.structuralClass = structuralClass
+        self.classNames = classNames
+        self.classifying = classifying
+        self.make = make
+    }
+}
+
+/// Filters that take no arguments reject any.
+@inline(__always)
+public func requireNoArguments(_ a: String) throws(FilterError) {
+    if !a.isEmpty { throw FilterError("takes no arguments (got '\(a)')") }
+}

@@ -1,0 +1,171 @@
+import PipesBuffering
+
+/// How a tap renders the blocks it receives.
+public enum TapFormat: Sendable {
+    /// The block bytes, back to back (`all`).
+    case raw
+    /// A classic pcap stream, microsecond timestamps (`all.pcap`): header written at open, then records.
+    case pcap(LinkType)
+}
+
+/// An edge as the hot path sees it: trivial, so walking edges costs no reference counting.
+struct HotEdge {
+    unowned(unsafe) let child: Node
+    let negated: Bool
+    let rangeCount: Int
+    let ranges: UnsafeMutablePointer<ClosedRange<UInt32>>?
+
+    @inline(__always)
+    func matches(_ c: UInt32) -> Bool {
+        if c == 0 { return false }
+        var hit = false
+        var i = 0
+        while i < rangeCount {
+            if ranges![i].contains(c) { hit = true; break }
+            i += 1
+        }
+        return hit != negated
+    }
+}
+
+/// A tap as the hot path sees it.
+struct HotTap {
+    unowned(unsafe) let ring: TapRing
+    let pcapLinkType: Int32  // -1 for raw
+}
+
+/// Per-node counters, updated under the space lock.
+public struct NodeStats: Sendable {
+    public var packetsIn: UInt64 = 0
+    public var bytesIn: UInt64 = 0
+    public var packetsOut: UInt64 = 0
+    public var bytesOut: UInt64 = 0
+    /// Records not delivered to a tap (its reader lagged on a lossy stream, or the link type did not fit).
+    public var tapDrops: UInt64 = 0
+    public init() {}
+}
+
+/// A filter instance in the graph: one directory in PipesFS.
+///
+/// The tree structure (`name`, `parent`, `children`, `links`) is the filesystem's spanning tree of the graph;
+/// `edges` is the data flow, rebuilt into a flat, reference-count-free form (`hot`) after every change.
+/// All mutable state is guarded by the owning `Space`'s lock.
+public final class Node: @unchecked Sendable {
+    public let id: UInt64
+    public internal(set) var name: String
+    public let descriptor: FilterDescriptor
+    public let filter: any Filter
+    /// The hot-path reference to `filter` (kept alive by `filter`).
+    unowned(unsafe) let hotFilter: any Filter
+    /// The class constraint on the edge from `parent` (non-`any` for class directories such as `dport/80`).
+    public internal(set) var selector: ClassSelector
+    /// True for class directories: the node forwards what its edge selected.
+    public let isClassSelection: Bool
+    public internal(set) weak var parent: Node?
+    /// Child directories in creation order.
+    public internal(set) var children: [Node] = []
+    /// Symlinks in this directory: name → (link text, target). Each is an edge from self to the target.
+    public internal(set) var links: [(id: UInt64, name: String, text: String, target: Node)] = []
+    /// Nodes with a symlink edge into this one (extra parents, fan-in).
+    public internal(set) var linkParents: [Node] = []
+    public internal(set) var stats = NodeStats()
+    /// Owner of the directory (the creator).
+    public let uid: UInt32
+    public let gid: UInt32
+    public internal(set) var removed = false
+    /// Set when every upstream source has ended: taps get end-of-file.
+    public internal(set) var ended = false
+
+    var hotEdges = UnsafeMutableBufferPointer<HotEdge>(start: nil, count: 0)
+    var hotTaps = UnsafeMutableBufferPointer<HotTap>(start: nil, count: 0)
+    /// Strong references behind `hotTaps`.
+    public internal(set) var taps: [(ring: TapRing, format: TapFormat)] = []
+
+    public init(id: UInt64, name: String, descriptor: FilterDescriptor, filter: any Filter,
+                selector: ClassSelector = .any, isClassSelection: Bool = false, uid: UInt32 = 0, gid: UInt32 = 0) {
+        self.id = id
+        self.name = name
+        self.descriptor = descriptor
+        self.filter = filter
+        self.hotFilter = filter
+        self.selector = selector
+        self.isClassSelection = isClassSelection
+        self.uid = uid
+        self.gid = gid
+    }
+
+    deinit {
+        freeHotEdges()
+        hotTaps.deallocate()
+    }
+
+    public var isSource: Bool { descriptor.structuralClass == .source }
+
+    /// Every node this one receives from: its directory parent and its symlink parents.
+    public var inputs: [Node] { (parent.map { [$0] } ?? []) + linkParents }
+
+    /// Data-flow children: directory children and symlink targets.
+    public var outputs: [(node: Node, selector: ClassSelector)] {
+        children.map { ($0, $0.selector) } + links.map { ($0.target, ClassSelector.any) }
+    }
+
+    /// Path from the root, e.g. `/rx/ip/tcp`.
+    public var path: String {
+        var parts: [String] = []
+        var n: Node? = self
+        while let x = n { parts.append(x.name); n = x.parent }
+        return "/" + parts.reversed().joined(separator: "/")
+    }
+
+    /// True if `other` is this node or reachable downstream of it.
+    public func reaches(_ other: Node) -> Bool {
+        var seen = Set<ObjectIdentifier>()
+        var stack = [self]
+        while let n = stack.popLast() {
+            if n === other { return true }
+            if !seen.insert(ObjectIdentifier(n)).inserted { continue }
+            stack.append(contentsOf: n.outputs.map(\.node))
+        }
+        return false
+    }
+
+    // MARK: hot-path tables (rebuilt under the space lock)
+
+    func rebuildHotEdges() {
+        freeHotEdges()
+        let outs = outputs
+        let buf = UnsafeMutableBufferPointer<HotEdge>.allocate(capacity: outs.count)
+        for (i, o) in outs.enumerated() {
+            let rs: UnsafeMutablePointer<ClosedRange<UInt32>>?
+            if o.selector.ranges.isEmpty {
+                rs = nil
+            } else {
+                rs = .allocate(capacity: o.selector.ranges.count)
+                rs!.initialize(from: o.selector.ranges, count: o.selector.ranges.count)
+            }
+            (buf.baseAddress! + i).initialize(to: HotEdge(child: o.node, negated: o.selector.negated,
+                                                          rangeCount: o.selector.ranges.count, ranges: rs))
+        }
+        hotEdges = buf
+    }
+
+    private func freeHotEdges() {
+        for e in hotEdges { e.ranges?.deallocate() }
+        hotEdges.deallocate()
+        hotEdges = UnsafeMutableBufferPointer(start: nil, count: 0)
+    }
+
+    func rebuildHotTaps() {
+        hotTaps.deallocate()
+        let buf = UnsafeMutableBufferPointer<HotTap>.allocate(capacity: taps.count)
+        for (i, t) in taps.enumerated() {
+            let lt: Int32
+            switch t.format {
+            case .raw: lt = -1
+            case .pcap(let l): lt = l.rawValue
+            }
+            (buf.baseAddress! + i).initialize(to: HotTap(ring: t.ring, pcapLinkType: lt))
+        }
+        hotTaps = buf
+    }
+}

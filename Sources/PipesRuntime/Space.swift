@@ -1,0 +1,240 @@
+import PipesBuffering
+
+/// An execution space (§6.1): one memory protection domain whose filters call each other directly.
+///
+/// The space owns the graph of nodes and the lock that serializes the data path (sources, injection) against
+/// the control path (graph changes, taps opening). Sources push a batch of blocks with the lock held, then call
+/// `finishBatch`, which wakes readers once per batch (signal moderation, §6.2) and applies backpressure for
+/// lossless taps outside the lock.
+public final class Space: @unchecked Sendable {
+    public let lock = ConditionLock()
+    /// Every live node by id.
+    public private(set) var nodes: [UInt64: Node] = [:]
+    /// Top-level directories in creation order.
+    public internal(set) var roots: [Node] = []
+    private var nextID: UInt64 = 16
+    private var wake: [TapRing] = []
+    private var congested: [TapRing] = []
+
+    /// Receives one-line error reports from sources (the filesystem appends them to `/.errors`).
+    public var errorHandler: (@Sendable (String) -> Void)?
+
+    public func reportError(_ message: String) { errorHandler?(message) }
+
+    public init() {
+        wake.reserveCapacity(64)
+        congested.reserveCapacity(64)
+    }
+
+    public func allocateID() -> UInt64 {
+        nextID += 1
+        return nextID
+    }
+
+    // MARK: data path
+
+    /// Runs `block` through `node` and, depth-first, everything downstream whose edges accept its class.
+    /// The lock must be held. Allocates nothing and takes no references.
+    @inline(__always)
+    public func push(_ node: Node, _ block: inout Block) {
+        node.stats.packetsIn &+= 1
+        node.stats.bytesIn &+= UInt64(block.count)
+        let c = node.hotFilter.process(&block)
+        if c == 0 { return }
+        forward(node, c, &block)
+    }
+
+    /// Delivers a block as `node`'s output (taps and children) without running its filter: injection.
+    @inline(__always)
+    public func forward(_ node: Node, _ c: UInt32, _ block: inout Block) {
+        block.classValue = c
+        node.stats.packetsOut &+= 1
+        node.stats.bytesOut &+= UInt64(block.count)
+        if node.hotTaps.count != 0 { deliverToTaps(node, block) }
+        let edges = node.hotEdges
+        let n = edges.count
+        if n == 1 {
+            if edges[0].matches(c) { push(edges[0].child, &block) }
+            return
+        }
+        var i = 0
+        while i < n {
+            let e = edges[i]
+            if e.matches(c) {
+                var b = block
+                push(e.child, &b)
+            }
+            i += 1
+        }
+    }
+
+    private func deliverToTaps(_ node: Node, _ block: Block) {
+        for t in node.hotTaps {
+            let r: AppendResult
+            if t.pcapLinkType < 0 {
+                r = t.ring.append(header: nil, body: block.bytes)
+            } else if t.pcapLinkType == block.linkType.rawValue {
+                var hdr: (UInt32, UInt32, UInt32, UInt32) = (
+                    UInt32(truncatingIfNeeded: block.seconds), UInt32(block.nanoseconds / 1000),
+                    UInt32(block.count), UInt32(truncatingIfNeeded: block.wireLength))
+                r = withUnsafeBytes(of: &hdr) { t.ring.append(header: $0, body: block.bytes) }
+            } else {
+                r = []
+            }
+            if !r.contains(.stored) { node.stats.tapDrops &+= 1 }
+            if r.contains(.becameReadable) { wake.append(t.ring) }
+            if r.contains(.congested) { congested.append(t.ring) }
+        }
+    }
+
+    /// True when a lossless tap is past its high-water mark: end the batch early.
+    @inline(__always)
+    public var needsDrain: Bool { !congested.isEmpty }
+
+    /// Ends a batch: call after `lock.unlock()`. Wakes readers and, if `mayWait`, waits (bounded by
+    /// `stopRequested`) until congested lossless taps drained.
+    public func finishBatch(mayWait: Bool, stopRequested: () -> Bool = { false }) {
+        lock.lock()
+        let w = wake
+        let c = congested
+        wake.removeAll(keepingCapacity: true)
+        congested.removeAll(keepingCapacity: true)
+        lock.unlock()
+        for r in w { r.serviceWaiters() }
+        guard mayWait else { return }
+        for r in c {
+            r.serviceWaiters()
+            while !r.waitUntilDrained(timeoutNanoseconds: 100_000_000) {
+                if stopRequested() { return }
+            }
+        }
+    }
+
+    /// Writes `bytes` into `node`'s output (or, for input-injectable filters, its input), as one block.
+    /// Lossless: waits for lagging lossless readers like a pipe writer.
+    public func inject(_ node: Node, bytes: UnsafeRawBufferPointer, interrupted: () -> Bool) -> Int32 {
+        lock.lock()
+        if node.removed { lock.unlock(); return ENODEV_ }
+        var block = Block(bytes: bytes, linkType: injectionLinkType(node))
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        block.seconds = Int64(ts.tv_sec)
+        block.nanoseconds = Int32(ts.tv_nsec)
+        if node.filter is any InputInjectable {
+            push(node, &block)
+        } else {
+            forward(node, 1, &block)
+        }
+        lock.unlock()
+        finishBatch(mayWait: true, stopRequested: interrupted)
+        return 0
+    }
+
+    /// The link type injected blocks carry: the node's stream type if it has one, else `.user`.
+    public func injectionLinkType(_ node: Node) -> LinkType {
+        if let j = node.filter as? any InjectionLinkType { return j.injectedLinkType }
+        return streamLinkType(node) ?? .user
+    }
+
+    /// The link type of a node's stream: that of its upstream sources if they agree. Lock held.
+    public func streamLinkType(_ node: Node) -> LinkType? {
+        var types = Set<Int32>()
+        var seen = Set<ObjectIdentifier>()
+        var stack = [node]
+        while let n = stack.popLast() {
+            guard seen.insert(ObjectIdentifier(n)).inserted else { continue }
+            if let s = n.filter as? any SourceFilter {
+                types.insert(s.linkType.rawValue)
+            } else if let j = n.filter as? any InjectionLinkType {
+                types.insert(j.injectedLinkType.rawValue)
+            } else if n.inputs.isEmpty {
+                types.insert(LinkType.user.rawValue)
+            }
+            stack.append(contentsOf: n.inputs)
+        }
+        return types.count == 1 ? LinkType(rawValue: types.first!) : nil
+    }
+
+    /// True when a live (lossy) source feeds this node. Lock held.
+    public func isFedByLiveSource(_ node: Node) -> Bool {
+        var seen = Set<ObjectIdentifier>()
+        var stack = [node]
+        while let n = stack.popLast() {
+            guard seen.insert(ObjectIdentifier(n)).inserted else { continue }
+            if let s = n.filter as? any SourceFilter, s.isLive { return true }
+            stack.append(contentsOf: n.inputs)
+        }
+        return false
+    }
+
+    // MARK: structure (control path, lock held)
+
+    public func register(_ node: Node) {
+        nodes[node.id] = node
+    }
+
+    public func addRoot(_ node: Node) {
+        register(node)
+        roots.append(node)
+    }
+
+    public func removeRoot(_ node: Node) {
+        roots.removeAll { $0 === node }
+    }
+
+    public func unregister(_ node: Node) {
+        nodes[node.id] = nil
+        node.removed = true
+    }
+
+    /// Rebuilds the hot edge table of `node` after its children or links changed.
+    public func edgesChanged(_ node: Node) { node.rebuildHotEdges() }
+
+    /// Opens a tap on `node`. Lock held.
+    public func addTap(_ node: Node, _ ring: TapRing, _ format: TapFormat) {
+        node.taps.append((ring, format))
+        node.rebuildHotTaps()
+        if node.ended { ring.endOfStream() }
+    }
+
+    public func removeTap(_ node: Node, _ ring: TapRing) {
+        node.taps.removeAll { $0.ring === ring }
+        node.rebuildHotTaps()
+    }
+
+    // MARK: end of stream and demand
+
+    /// Recomputes which nodes have ended (all upstream sources finished) and ends their taps; recomputes
+    /// source demand. Call with the lock held after any change to the graph or a source's state.
+    public func refresh() {
+        var memo: [ObjectIdentifier: Bool] = [:]
+        func ended(_ n: Node) -> Bool {
+            if let m = memo[ObjectIdentifier(n)] { return m }
+            memo[ObjectIdentifier(n)] = false  // cycle guard (the graph is acyclic; be safe)
+            let r: Bool
+            if let s = n.filter as? any SourceFilter {
+                r = s.finished
+            } else {
+                let ins = n.inputs
+                r = !ins.isEmpty && ins.allSatisfy { ended($0) }
+            }
+            memo[ObjectIdentifier(n)] = r
+            return r
+        }
+        for n in nodes.values {
+            let e = ended(n)
+            if e != n.ended {
+                n.ended = e
+                if e { for t in n.taps { t.ring.endOfStream() } }
+            }
+            if let s = n.filter as? any SourceFilter {
+                s.setDemand(!n.outputs.isEmpty || !n.taps.isEmpty)
+            }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+let ENODEV_ = ENODEV
+#endif

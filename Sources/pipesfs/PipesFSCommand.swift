@@ -1,0 +1,164 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import PipesControl
+import PipesFilters
+import PipesFS
+import PipesFUSE
+import PipesRuntime
+
+@main
+struct PipesFSCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pipesfs",
+        abstract: "A stream filesystem: directories are live filters, nesting is data flow.",
+        subcommands: [Mount.self, Umount.self, Filters.self, MakePcap.self, Bench.self]
+    )
+}
+
+/// Writes a line to standard error.
+func printError(_ line: String) {
+    var s = line + "\n"
+    s.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+}
+
+func fail(_ message: String) -> Never {
+    printError("pipesfs: \(message)")
+    exit(1)
+}
+
+struct Mount: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Mount PipesFS (daemonizes unless -f).",
+        discussion: """
+        Sources are top-level directories. By default `rx` captures live on all interfaces (only while \
+        something is attached below it) and `tx` sends frames with pcap_inject. Capture files: \
+        --source NAME=pcap:PATH[,loop][,paused][,rate=PPS].
+        """
+    )
+
+    @Argument(help: "Where to mount (e.g. /pipes).") var mountPoint: String
+    @Flag(name: .short, help: "Stay in the foreground.") var foreground = false
+    @Option(name: .short, help: "FUSE mount options, comma separated (e.g. -o allow_other).") var options: [String] = []
+    @Option(name: .long, help: "Add a source NAME=SCHEME:SPEC (pcap:PATH[,loop][,paused][,rate=PPS], live:IFACE, inject:IFACE).")
+    var source: [String] = []
+    @Option(name: .long, help: "Interface rx captures on.") var rx: String = "any"
+    @Flag(name: .customLong("no-rx"), help: "No live capture source.") var noRx = false
+    @Option(name: .long, help: "Interface tx sends on.") var tx: String = "lo"
+    @Flag(name: .customLong("no-tx"), help: "No injection sink.") var noTx = false
+    @Flag(name: .long, help: "Add the demo source `demo` (a generated capture played in a loop) and a demo graph.")
+    var demo = false
+
+    func run() throws {
+        var sources = source
+        if !noRx { sources.insert("rx=live:\(rx)", at: 0) }
+        if !noTx { sources.insert("tx=inject:\(tx)", at: min(1, sources.count)) }
+        if demo {
+            let path = "/tmp/pipesfs-demo-\(getuid()).pcap"
+            do { try SyntheticCapture.write(to: path, flows: 400, seed: 7) } catch { fail("demo capture: \(error)") }
+            sources.append("demo=pcap:\(path),loop,rate=200")
+        }
+        // Validate before mounting (and before the fork): bad sources fail here, on the terminal.
+        for s in sources {
+            do { try Controller.validateSource(s) } catch { fail("--source \(s): \(error.message) (\(errnoName(error.errno)))") }
+        }
+        guard let st = fileStatus(mountPoint), (st.st_mode & Glibc.S_IFMT) == Glibc.S_IFDIR else {
+            fail("mount point \(mountPoint) is not a directory")
+        }
+        var fuseOptions = ["fsname=pipesfs", "subtype=pipesfs", "default_permissions"]
+        let userOptions = options.flatMap { $0.split(separator: ",").map(String.init) }
+        if geteuid() == 0 && !userOptions.contains("noallow_other") { fuseOptions.append("allow_other") }
+        fuseOptions += userOptions.filter { $0 != "noallow_other" }
+
+        let real = realpath(mountPoint, nil)
+        let mp = real.map { String(cString: $0) } ?? mountPoint
+        free(real)
+        let controller = Controller(mountPoint: mp)
+        let tree = Tree(controller: controller, owner: Caller(uid: getuid(), gid: getgid()))
+        let fg = foreground
+        openlog("pipesfs", LOG_PID, LOG_DAEMON)
+        controller.errors.sink = { line in
+            if fg { printError("pipesfs: \(line)") } else { syslogLine(line) }
+        }
+        let demo = self.demo
+        let rc = try FUSEServer.serve(tree: tree, mountPoint: mountPoint, options: fuseOptions, foreground: foreground) {
+            for s in sources {
+                do throws(ControlError) { try controller.addSource(s, uid: getuid(), gid: getgid()) } catch {
+                    controller.errors.append("--source \(s): \(error.message)")
+                }
+            }
+            if demo { buildDemoGraph(controller) }
+        }
+        controller.shutdown()
+        if rc != 0 { throw ExitCode(rc) }
+    }
+}
+
+func syslogLine(_ line: String) {
+    withVaList([]) { _ in }
+    line.withCString { c in
+        withVaList([c]) { vsyslog(LOG_WARNING, "%s", $0) }
+    }
+}
+
+/// The demo graph: web traffic by port, DNS, and a count.
+func buildDemoGraph(_ c: Controller) {
+    guard let demo = try? c.withLock({ () -> Node? in c.space.roots.first { $0.name == "demo" } }) else { return }
+    do {
+        let ip = try c.makeDirectory(in: demo, named: "ip")
+        let tcp = try c.makeDirectory(in: ip, named: "tcp")
+        let dport = try c.makeDirectory(in: tcp, named: "dport")
+        let web = try c.makeDirectory(in: dport, named: "80")
+        try c.makeDirectory(in: web, named: "count")
+        try c.makeDirectory(in: web, named: "match=GET")
+        try c.makeDirectory(in: dport, named: "ssh")
+        let udp = try c.makeDirectory(in: ip, named: "udp")
+        try c.makeDirectory(in: udp, named: "dport")
+    } catch {
+        c.errors.append("demo graph: \(error.message)")
+    }
+}
+
+struct Umount: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Unmount PipesFS (fusermount3 -u).")
+    @Argument(help: "The mount point.") var mountPoint: String
+
+    func run() throws {
+        let args = ["fusermount3", "-u", mountPoint]
+        var argv = args.map { strdup($0) } + [nil]
+        var pid = pid_t()
+        let rc = posix_spawnp(&pid, "fusermount3", nil, nil, &argv, environ)
+        for p in argv { free(p) }
+        if rc != 0 { fail("cannot run fusermount3: \(String(cString: strerror(rc)))") }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        if status != 0 { throw ExitCode(1) }
+    }
+}
+
+struct Filters: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the filters mkdir can create.")
+    func run() {
+        for d in FilterLibrary.filters {
+            print("\(d.name.padding(9)) \(d.summary)\n          usage: \(d.usage)")
+        }
+        print("\nsources (--source NAME=SCHEME:SPEC):")
+        for (k, d) in FilterLibrary.sources.sorted(by: { $0.key < $1.key }) {
+            print("\(k.padding(9)) \(d.summary)\n          usage: \(d.usage)")
+        }
+    }
+}
+
+extension String {
+    func padding(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
+}
+
+/// stat(2) through open + fstat (the Swift name `stat` is both the struct and the function).
+func fileStatus(_ path: String) -> stat? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { return nil }
+    defer { close(fd) }
+    var st = Glibc.stat()
+    return fstat(fd, &st) == 0 ? st : nil
+}

@@ -1,0 +1,124 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import PipesBuffering
+import PipesControl
+import PipesFilters
+import PipesRuntime
+
+struct MakePcap: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mkpcap",
+        abstract: "Write a deterministic synthetic capture (HTTP/TLS/SSH/DNS mix, reordering, retransmits).")
+    @Argument(help: "Output file.") var output: String
+    @Option(help: "Number of flows.") var flows = 20000
+    @Option(help: "Random seed.") var seed: UInt64 = 1
+    @Option(help: "Target size in MB (overrides --flows; grows flows until reached).") var megabytes: Int?
+
+    func run() throws {
+        var n = flows
+        if let mb = megabytes { n = max(1, mb * 1_000_000 / 6_000) }
+        let s = try SyntheticCapture.write(to: output, flows: n, seed: seed)
+        print(s)
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks that print a ratio against a baseline measured in the same run.",
+        subcommands: [PipelineBench.self])
+}
+
+/// Runs a spawned command, returns (exit status, seconds).
+func timeCommand(_ args: [String], stdoutPath: String = "/dev/null") -> (Int32, Double) {
+    var fa = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&fa)
+    posix_spawn_file_actions_addopen(&fa, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0)
+    var argv = args.map { strdup($0) } + [nil]
+    defer { for p in argv { free(p) }; posix_spawn_file_actions_destroy(&fa) }
+    var pid = pid_t()
+    let t0 = monotonicNanoseconds()
+    if posix_spawnp(&pid, args[0], &fa, nil, &argv, environ) != 0 { return (-1, 0) }
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    return (status, Double(monotonicNanoseconds() - t0) / 1e9)
+}
+
+struct PipelineBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pipeline",
+        abstract: "Capture file through a filter chain in-process vs tcpdump -r FILE -w /dev/null EXPR.")
+    @Argument(help: "A capture file (make one with: pipesfs mkpcap --megabytes 300 FILE).") var file: String
+    @Option(help: "The chain, as directories below the source.") var chain = "ip/tcp/dport/80/count"
+    @Option(help: "The equivalent tcpdump expression (baseline).") var expression = "ip and tcp dst port 80"
+    @Option(help: "Runs of each; the best is reported.") var runs = 3
+
+    func run() throws {
+        guard let st = fileStatus(file) else { fail("cannot open \(file)") }
+        // Warm the page cache.
+        _ = timeCommand(["cat", file])
+        var best = Double.infinity
+        var packets: UInt64 = 0
+        var selected: UInt64 = 0
+        for _ in 0..<runs {
+            let (t, total, sel) = try runChain()
+            best = min(best, t)
+            packets = total
+            selected = sel
+        }
+        var baseline = Double.infinity
+        for _ in 0..<runs {
+            let (status, t) = timeCommand(["tcpdump", "-r", file, "-w", "/dev/null", expression])
+            if status != 0 { fail("tcpdump failed (is it installed?)") }
+            baseline = min(baseline, t)
+        }
+        let (_, _) = timeCommand(["sh", "-c", "tcpdump -r '\(file)' -nn '\(expression)' 2>/dev/null | wc -l"], stdoutPath: "/tmp/pipesfs-bench-count")
+        let tcpdumpCount = readFirstLine("/tmp/pipesfs-bench-count").flatMap { UInt64($0.trimmingWhitespace()) } ?? 0
+        let mb = Double(st.st_size) / 1e6
+        print("capture: \(file) (\(String(format2(mb))) MB, \(packets) packets)")
+        print("pipesfs  source -> \(chain.split(separator: "/").joined(separator: " -> ")): \(rate(packets, best)) packets/s, \(String(format2(best))) s, selected \(selected)")
+        print("tcpdump  -r FILE -w /dev/null '\(expression)': \(rate(packets, baseline)) packets/s, \(String(format2(baseline))) s, selected \(tcpdumpCount)")
+        print("ratio (pipesfs/tcpdump packets/s): \(String(format2(baseline / best)))x")
+        if selected != tcpdumpCount { print("WARNING: selected counts differ"); throw ExitCode(1) }
+    }
+
+    func rate(_ n: UInt64, _ t: Double) -> String { String(Int(Double(n) / t)) }
+
+    func runChain() throws -> (Double, UInt64, UInt64) {
+        let c = Controller()
+        let src = try c.addSource("bench=pcap:\(file),paused")
+        var parent = src
+        for part in chain.split(separator: "/") { parent = try c.makeDirectory(in: parent, named: String(part)) }
+        let t0 = monotonicNanoseconds()
+        try c.control(src, "start")
+        while !(c.space.lock.withLock { src.ended }) { usleep(1000) }
+        let t = Double(monotonicNanoseconds() - t0) / 1e9
+        let (total, sel) = c.space.lock.withLock { (src.stats.packetsIn, parent.stats.packetsIn) }
+        c.shutdown()
+        return (t, total, sel)
+    }
+}
+
+func readFirstLine(_ path: String) -> String? {
+    guard let f = fopen(path, "r") else { return nil }
+    defer { fclose(f) }
+    var buf = [CChar](repeating: 0, count: 256)
+    guard fgets(&buf, 256, f) != nil else { return nil }
+    return String(cString: buf)
+}
+
+func format2(_ v: Double) -> String {
+    let r = (v * 100).rounded() / 100
+    return "\(r)"
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
+        while let l = s.last, l.isWhitespace { s = s.dropLast() }
+        return String(s)
+    }
+}
