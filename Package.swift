@@ -38,7 +38,10 @@ let package = Package(
         ),
         .testTarget(name: "PipesBufferingTests", dependencies: ["PipesBuffering"]),
         .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime"]),
-        .testTarget(name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl"]),
+        .testTarget(
+            name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap"],
+            resources: [.copy("Resources")]
+        ),
         .testTarget(name: "PipesFSTests", dependencies: ["PipesFS", "PipesControl", "PipesFilters", "PipesRuntime"]),
     ]
 )

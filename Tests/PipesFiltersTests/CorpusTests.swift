@@ -1,0 +1,165 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CPcap
+import Foundation
+import PipesFilters
+import PipesRuntime
+import Testing
+
+/// The tcpdump test captures copied into Resources/corpus (BSD licence alongside).
+enum Corpus {
+    static var directory: String? {
+        Bundle.module.url(forResource: "Resources", withExtension: nil)?.appendingPathComponent("corpus").path
+    }
+
+    /// Capture file names (`*.pcap*`), sorted.
+    static let files: [String] = {
+        guard let dir = directory, let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+        return names.filter { $0.contains(".pcap") }.sorted()
+    }()
+
+    static func path(_ name: String) -> String { directory! + "/" + name }
+}
+
+/// Every filter of the library, made with arguments that let it run.
+func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
+    var out: [(String, any Filter)] = []
+    for d in FilterLibrary.filters {
+        let args: String
+        switch d.name {
+        case "bpf": args = "tcp port 80 or udp or icmp or ip6"
+        case "match": args = "GET"
+        case "pcapout": args = pcapOutPath
+        default: args = ""
+        }
+        out.append((d.name, try d.make(args)))
+    }
+    out.append(("junction", try FilterLibrary.junction.make("")))
+    out.append(("class", ClassSelection()))
+    return out
+}
+
+/// Opens a capture the way the pcap file source does (nanosecond timestamps); nil and libpcap's reason if refused.
+func openLikeSource(_ path: String) -> (OpaquePointer?, String) {
+    var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
+    let h = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &err)
+    return (h, String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+}
+
+/// Runs every filter over every packet of one capture, with blocks made exactly as `PcapFileSource` makes them.
+/// Returns the problems found (empty: it survived). Runs in a child process, so a crash fails only this file.
+/// `outPath` is where the pcapout filter writes (the caller removes it, also after a crash).
+func runEveryFilter(over path: String, outPath: String) -> [String] {
+    var problems: [String] = []
+    let filters: [(String, any Filter)]
+    do { filters = try everyFilter(pcapOutPath: outPath) } catch { return ["cannot make the filters: \(error)"] }
+    let (handle, reason) = openLikeSource(path)
+    guard let h = handle else { return ["libpcap refuses it: \(reason)"] }
+    defer { pcap_close(h) }
+    let linkType = LinkType(rawValue: pcap_datalink(h))
+    for (_, f) in filters { try? f.attach(streamLinkType: linkType) }
+    let payload = filters.first { $0.0 == "payload" }!.1
+    let match = filters.first { $0.0 == "match" }!.1
+
+    var records = 0
+    var forwardedByCount = 0
+    while true {
+        var hdr: UnsafeMutablePointer<pcap_pkthdr>?
+        var data: UnsafePointer<UInt8>?
+        guard pcap_next_ex(h, &hdr, &data) == 1, let hdr, let data else { break }
+        records += 1
+        let bytes = UnsafeRawBufferPointer(start: data, count: Int(hdr.pointee.caplen))
+        func block() -> Block {
+            // As PcapFileSource.run() builds it.
+            Block(bytes: bytes, wireLength: Int(hdr.pointee.len), seconds: Int64(hdr.pointee.ts.tv_sec),
+                  nanoseconds: Int32(truncatingIfNeeded: hdr.pointee.ts.tv_usec), linkType: linkType)
+        }
+        for (fname, f) in filters {
+            var b = block()
+            let c = f.process(&b)
+            if fname == "count" && c != 0 { forwardedByCount += 1 }
+            // Whatever a filter left in the block must still be inside the captured bytes.
+            if b.count > 0, let base = bytes.baseAddress, let nb = b.bytes.baseAddress,
+               nb < base || nb + b.count > base + bytes.count {
+                problems.append("\(fname), record \(records): the view left the packet")
+            }
+        }
+        // The decoder's results stay within the bytes.
+        var b = block()
+        if b.ports() != nil, !(b.layers.transport >= 0 && Int(b.layers.transport) + 4 <= bytes.count) {
+            problems.append("record \(records): ports outside the packet")
+        }
+        if b.payloadBytes().count > bytes.count { problems.append("record \(records): payload longer than the packet") }
+        // A chain: the payload, then a match in it.
+        var chained = block()
+        if payload.process(&chained) != 0 { _ = match.process(&chained) }
+    }
+    for (_, f) in filters { f.shutdown() }
+    if forwardedByCount != records { problems.append("count forwarded \(forwardedByCount) of \(records)") }
+
+    // The pcapout copy holds every record, readable by libpcap.
+    let (r, copy) = readRecords(outPath)
+    if let e = r.openError { problems.append("pcapout wrote a file libpcap refuses: \(e)") }
+    if copy.count != records { problems.append("pcapout copy has \(copy.count) of \(records) records") }
+    return problems
+}
+
+@Suite("corpus")
+struct CorpusTests {
+    @Test("the corpus is in the test bundle, with its licence")
+    func corpusPresent() throws {
+        let dir = try #require(Corpus.directory, "Resources not found in Bundle.module")
+        #expect(FileManager.default.fileExists(atPath: dir + "/LICENSE"))
+        #expect(Corpus.files.count >= 24, "found \(Corpus.files.count) captures in \(dir)")
+        for known in ["bigtcp-ipv4.pcap", "empty.pcapng", "LINKTYPE_RAW_ipv6.pcap", "loopback.pcap", "tcp-handshake-nano.pcap"] {
+            #expect(Corpus.files.contains(known), "\(known) missing")
+        }
+    }
+
+    @Test("every filter survives every packet of every capture", arguments: Corpus.files)
+    func survival(file: String) async throws {
+        let path = Corpus.path(file)
+
+        // What libpcap thinks of the file, first: only its refusal may skip the file.
+        let (probe, reason) = openLikeSource(path)
+        guard let probe else {
+            Issue.record("skipped \(file): libpcap refuses it: \(reason)", severity: .warning)
+            try Test.cancel("libpcap refuses \(file): \(reason)")
+        }
+        pcap_close(probe)
+        let read = readCapture(path) { _, _ in }
+        if let e = read.readError {
+            Issue.record("\(file): libpcap stops reading after \(read.records) records: \(e)", severity: .warning)
+        }
+
+        // The run happens in a child process: a crash fails this file, not the whole test run.
+        let outPath = temporaryPath("corpus-\(file)")
+        defer { unlink(outPath) }
+        let survived = await #expect(processExitsWith: .success, observing: [\.standardErrorContent],
+                                   "every filter must survive \(file)") { [path = path as String, outPath = outPath as String] in
+            let problems = runEveryFilter(over: path, outPath: outPath)
+            for p in problems {
+                let line = Array("problem: \(p)\n".utf8)
+                _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            }
+            exit(problems.isEmpty ? 0 : 1)
+        }
+        if survived == nil {
+            // It failed: run it again only to collect what the child said (problems, or the crash site).
+            let again = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) { [path = path as String, outPath = outPath as String] in
+                let problems = runEveryFilter(over: path, outPath: outPath)
+                for p in problems {
+                    let line = Array("problem: \(p)\n".utf8)
+                    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+                }
+                exit(problems.isEmpty ? 0 : 1)
+            }
+            let err = String(decoding: again?.standardErrorContent ?? [], as: UTF8.self)
+            let relevant = err.split(separator: "\n").filter {
+                $0.contains("problem:") || $0.contains("Fatal error") || $0.contains("/Sources/")
+            }.prefix(12)
+            Issue.record("\(file) in the child process:\n\(relevant.joined(separator: "\n"))")
+        }
+    }
+}

@@ -1,0 +1,58 @@
+import PipesFilters
+import PipesRuntime
+import Testing
+
+@Suite("junction")
+struct JunctionTests {
+    func junction(_ args: String) throws -> Junction {
+        try #require(try FilterLibrary.junction.make(args) as? Junction)
+    }
+
+    @Test("the argument names the link type of written data", arguments: [
+        ("", LinkType.user, ""), ("user", .user, ""), ("ethernet", .ethernet, "ethernet"), ("eth", .ethernet, "ethernet"),
+        ("EN10MB", .ethernet, "ethernet"), ("raw", .raw, "raw"), ("ip", .raw, "raw"), ("sll", .linuxSLL, "linux-sll"),
+        ("linux-sll2", .linuxSLL2, "linux-sll2"), ("113", .linuxSLL, "linux-sll"), ("147", .user, ""),
+        ("0", .null, "null"),
+    ])
+    func linkTypes(arg: String, linkType: LinkType, shown: String) throws {
+        let j = try junction(arg)
+        #expect(j.injectedLinkType == linkType)
+        #expect(j.arguments == shown)
+    }
+
+    @Test("unknown link types are refused", arguments: ["bogus", "-1", "1.5", "ethernet2"])
+    func unknown(arg: String) {
+        #expect(makeError("junction", arg)?.message.contains("unknown link type '\(arg)'") == true)
+    }
+
+    @Test("passes everything through, keeping the class")
+    func passThrough() throws {
+        let j = try junction("")
+        #expect(classify(j, Array("x".utf8), .user) == 1)
+        #expect(classify(j, Pkt.ethTCP4(), classValue: 80) == 80)
+        #expect(classify(j, [], .user) == 1, "even an empty block")
+    }
+
+    @Test("reconfigure changes the link type; a bad one is refused and the old stays")
+    func reconfigure() throws {
+        let j = try junction("")
+        try j.reconfigure(arguments: "ethernet")
+        #expect(j.injectedLinkType == .ethernet)
+        #expect(throws: FilterError.self) { try j.reconfigure(arguments: "nope") }
+        #expect(j.injectedLinkType == .ethernet)
+    }
+}
+
+@Suite("junction arguments round trip")
+struct JunctionRoundTripTests {
+    /// `Filter.arguments` is documented as "the current argument text, as `reconfigure` accepts it".
+    @Test("what arguments shows, reconfigure accepts", arguments: ["", "ethernet", "raw", "sll", "sll2", "0", "9", "999"])
+    func roundTrip(arg: String) throws {
+        let j = try #require(try FilterLibrary.junction.make(arg) as? Junction)
+        let shown = j.arguments
+        #expect(throws: Never.self, "arguments '\(shown)' (from '\(arg)') must be accepted back") {
+            try j.reconfigure(arguments: shown)
+        }
+        #expect(j.injectedLinkType.rawValue == (try FilterLibrary.junction.make(arg) as? Junction)?.injectedLinkType.rawValue)
+    }
+}
