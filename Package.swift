@@ -37,11 +37,11 @@ let package = Package(
             ]
         ),
         .testTarget(name: "PipesBufferingTests", dependencies: ["PipesBuffering"]),
-        .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime"]),
+        .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime", "PipesBuffering"]),
         .testTarget(
             name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap"],
             resources: [.copy("Resources")]
         ),
-        .testTarget(name: "PipesFSTests", dependencies: ["PipesFS", "PipesControl", "PipesFilters", "PipesRuntime"]),
+        .testTarget(name: "PipesFSTests", dependencies: ["PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering"]),
     ]
 )

@@ -102,10 +102,16 @@ public final class Controller: @unchecked Sendable {
         guard let d = FilterLibrary.sources[scheme] else {
             throw fail(op, ControlError(EINVAL, "unknown source scheme '\(scheme)' (pcap:PATH, live:IFACE, inject:IFACE)"))
         }
+        if (try withLock { () throws(ControlError) -> Bool in child(of: nil, named: name) != nil }) {
+            throw fail(op, ControlError(EEXIST, "'\(name)' exists"))
+        }
         let filter: any Filter
         do { filter = try d.make(spec) } catch { throw fail(op, ControlError(error.errno, error.message)) }
         return try withLock { () throws(ControlError) -> Node in
-            if child(of: nil, named: name) != nil { throw fail(op, ControlError(EEXIST, "'\(name)' exists")) }
+            if child(of: nil, named: name) != nil {
+                filter.shutdown()
+                throw fail(op, ControlError(EEXIST, "'\(name)' exists"))
+            }
             let node = Node(id: space.allocateID(), name: name, descriptor: d, filter: filter, uid: uid, gid: gid)
             space.attach(node, under: nil)
             if let s = filter as? any SourceFilter {
@@ -146,21 +152,25 @@ public final class Controller: @unchecked Sendable {
                 throw fail(op, ControlError(error.errno, error.message))
             }
         }
-        if parent.descriptor.classifying, ClassSelector.looksLikeSelector(name, names: parent.descriptor.classNames) {
-            let sel: ClassSelector
-            do { sel = try ClassSelector.parse(name, names: parent.descriptor.classNames) } catch {
-                throw fail(op, ControlError(EINVAL, error.message))
-            }
-            return (ClassSelection.descriptor, ClassSelection(), sel, true)
-        }
         let (fname, args) = Controller.splitName(name)
+        if parent.descriptor.classifying {
+            // Below a classifying filter a name is a class selector unless it names a filter.
+            do {
+                let sel = try ClassSelector.parse(name, names: parent.descriptor.classNames)
+                return (ClassSelection.descriptor, ClassSelection(), sel, true)
+            } catch {
+                if library[fname] == nil {
+                    throw fail(op, ControlError(EINVAL, "'\(name)' is neither a class of \(parent.descriptor.name) (\(error.message)) nor a filter"))
+                }
+            }
+        }
         guard let d = library[fname] else {
             var hint = ""
             if parent.descriptor.classifying { hint = "; below \(parent.descriptor.name) a class is a number, LO:HI, !N or a name" }
             throw fail(op, ControlError(EINVAL, "unknown filter '\(fname)' (filters: \(library.keys.sorted().joined(separator: " "))\(hint))"))
         }
         do { return (d, try d.make(args), .any, false) } catch {
-            throw fail(op, ControlError(error.errno, "\(fname): \(error.message)"))
+            throw fail(op, ControlError(error.errno, prefixed(fname, error.message)))
         }
     }
 
@@ -179,7 +189,7 @@ public final class Controller: @unchecked Sendable {
             try filter.attach(streamLinkType: parent.flatMap { space.streamLinkType($0) })
         } catch {
             filter.shutdown()
-            throw fail(op, ControlError(error.errno, "\(d.name): \(error.message)"))
+            throw fail(op, ControlError(error.errno, prefixed(d.name, error.message)))
         }
         let node = Node(id: space.allocateID(), name: name, descriptor: d, filter: filter, selector: selector,
                         isClassSelection: isClass, uid: uid, gid: gid)
@@ -222,9 +232,14 @@ public final class Controller: @unchecked Sendable {
             switch entry {
             case .link(let dir, _, _, let text, let target):
                 guard let np = newParent else { throw fail(op, ControlError(EPERM, "symlinks live inside filter directories")) }
-                if target.reaches(np) { throw fail(op, ControlError(ELOOP, "the link would make a loop")) }
+                if target === np || target.reaches(np) { throw fail(op, ControlError(ELOOP, "the link would make a loop")) }
+                if np !== dir && (np.links.contains(where: { $0.target === target }) || target.parent === np) {
+                    throw fail(op, ControlError(EEXIST, "'\(np.name)' already feeds '\(target.name)'"))
+                }
+                // Relative text would point elsewhere from the new directory: keep it absolute.
+                let newText = np === dir || text.hasPrefix("/") ? text : mountPoint + target.path
                 space.removeLink(in: dir, name: name)
-                space.addLink(in: np, name: newName, text: text, to: target)
+                space.addLink(in: np, name: newName, text: newText, to: target)
                 space.refresh()
             case .node(let n):
                 try moveNode(n, to: newParent, as: newName, op: op)
@@ -233,11 +248,19 @@ public final class Controller: @unchecked Sendable {
     }
 
     private func moveNode(_ n: Node, to newParent: Node?, as newName: String, op: String) throws(ControlError) {
-        if n.isSource && newParent != nil { throw fail(op, ControlError(EINVAL, "sources stay at the top level")) }
+        if (n.isSource || n.filter is any InputInjectable) && newParent != nil {
+            throw fail(op, ControlError(EINVAL, "'\(n.name)' stays at the top level (feed it with ln -s)"))
+        }
         if let np = newParent, n.reaches(np) { throw fail(op, ControlError(EINVAL, "cannot move a filter below itself or its own output")) }
+        if let np = newParent, np.links.contains(where: { $0.target === n }) {
+            throw fail(op, ControlError(EEXIST, "'\(np.name)' already feeds '\(n.name)' through a symlink"))
+        }
         var selector = n.selector
+        let oldArguments = n.filter.arguments
         if n.isClassSelection {
-            guard let np = newParent else { throw fail(op, ControlError(EINVAL, "a class selection needs a parent filter")) }
+            guard let np = newParent, np.descriptor.classifying else {
+                throw fail(op, ControlError(EINVAL, "a class selection belongs below a classifying filter (dport, sport, ipproto, eth)"))
+            }
             do { selector = try ClassSelector.parse(newName, names: np.descriptor.classNames) } catch {
                 throw fail(op, ControlError(EINVAL, error.message))
             }
@@ -262,7 +285,8 @@ public final class Controller: @unchecked Sendable {
             try n.filter.attach(streamLinkType: newParent.flatMap { space.streamLinkType($0) } ?? space.streamLinkType(n))
         } catch {
             space.move(n, under: oldParent, name: oldName, selector: oldSelector)  // undo
-            throw fail(op, ControlError(error.errno, "\(n.descriptor.name): \(error.message)"))
+            if n.filter.arguments != oldArguments { try? n.filter.reconfigure(arguments: oldArguments) }
+            throw fail(op, ControlError(error.errno, prefixed(n.descriptor.name, error.message)))
         }
         space.refresh()
     }
@@ -319,16 +343,16 @@ public final class Controller: @unchecked Sendable {
         try withLock { () throws(ControlError) in
             if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
             if cmd == "args" {
-                if node.isSource || node.isClassSelection { throw fail(op, ControlError(EINVAL, "\(node.descriptor.name) takes no arguments here")) }
+                if node.isSource || node.isClassSelection || node.filter is any InputInjectable { throw fail(op, ControlError(EINVAL, "\(node.descriptor.name) takes no arguments here")) }
                 do { try node.filter.reconfigure(arguments: arg) } catch {
                     let e = error as? FilterError ?? FilterError("\(error)")
-                    throw fail(op, ControlError(EINVAL, "\(node.descriptor.name): \(e.message)"))
+                    throw fail(op, ControlError(EINVAL, prefixed(node.descriptor.name, e.message)))
                 }
                 return
             }
             switch node.filter.control(cmd, arg) {
             case .success?: space.refresh()
-            case .failure(let e)?: throw fail(op, ControlError(e.errno, "\(node.descriptor.name): \(e.message)"))
+            case .failure(let e)?: throw fail(op, ControlError(e.errno, prefixed(node.descriptor.name, e.message)))
             case nil:
                 throw fail(op, ControlError(EINVAL, "unknown command '\(cmd)' for \(node.descriptor.name) (see: cat ctl)"))
             }
@@ -353,7 +377,7 @@ public final class Controller: @unchecked Sendable {
             s += "summary: \(node.descriptor.summary)\n"
             s += "usage: \(node.descriptor.usage)\n"
             if node.isClassSelection { s += "class: \(node.selector.text)\n" } else { s += "args: \(node.filter.arguments)\n" }
-            var cmds = node.isSource || node.isClassSelection ? [] : ["args TEXT"]
+            var cmds = node.isSource || node.isClassSelection || node.filter is any InputInjectable ? [] : ["args TEXT"]
             if node.filter is PcapFileSource { cmds += ["start", "stop", "rewind", "rate PPS"] }
             if node.filter is Count { cmds += ["reset"] }
             if node.filter is PcapOut { cmds += ["sync"] }
@@ -370,7 +394,7 @@ public final class Controller: @unchecked Sendable {
                 ("filter", node.descriptor.name), ("path", node.path),
                 ("packets_in", "\(st.packetsIn)"), ("bytes_in", "\(st.bytesIn)"),
                 ("packets_out", "\(st.packetsOut)"), ("bytes_out", "\(st.bytesOut)"),
-                ("dropped", "\(st.tapDrops + node.taps.reduce(0) { $0 + $1.ring.dropped })"),
+                ("dropped", "\(st.tapDrops)"),
                 ("readers", "\(node.taps.count)"),
                 ("stream", node.ended ? "ended" : "open"),
             ]
@@ -378,6 +402,11 @@ public final class Controller: @unchecked Sendable {
             lines += node.filter.statistics()
             return lines.map { "\($0.0): \($0.1)\n" }.joined()
         }
+    }
+
+    /// Prefixes a filter's message with its name unless it already starts with it.
+    func prefixed(_ name: String, _ message: String) -> String {
+        message.hasPrefix(name + ":") ? message : "\(name): \(message)"
     }
 
     func pathOf(_ parent: Node?, _ name: String) -> String {

@@ -130,7 +130,10 @@ final class TapFile: OpenFile, @unchecked Sendable {
         guard writable else { throw FSError(EBADF, "not open for writing") }
         if data.count == 0 { return 0 }
         let rc = tree.space.inject(node, bytes: data, interrupted: interrupted)
-        if rc != 0 { throw FSError(rc, "filter was removed") }
+        if rc != 0 {
+            let why = rc == EIO ? "the filter refused the block (see its stats)" : "filter was removed"
+            throw tree.controller.fail("write \(node.path)/all", FSError(rc, why))
+        }
         return data.count
     }
 

@@ -138,7 +138,9 @@ public final class Tree: @unchecked Sendable {
                                   uid: n.uid, gid: n.gid, size: 0)
             case .all, .pcap:
                 let writable = !(n.filter is any SourceFilter) || n.filter is LiveSource
-                let mode: UInt32 = (k == .all && writable) ? 0o644 : 0o444
+                // Live traffic is readable by the owner only (as capturing needs privilege); the rest by all.
+                let others: UInt32 = space.isFedByLiveSource(n) ? 0 : 0o044
+                let mode: UInt32 = (k == .all && writable ? 0o600 : 0o400) | others
                 return Attributes(inode: ino, kind: .file, mode: mode, links: 1, uid: n.uid, gid: n.gid, size: 0)
             case .stats:
                 return Attributes(inode: ino, kind: .file, mode: 0o444, links: 1, uid: n.uid, gid: n.gid, size: 0)
@@ -313,7 +315,7 @@ public final class Tree: @unchecked Sendable {
                         let lt = space.streamLinkType(n) ?? .ethernet
                         format = .pcap(lt)
                         var hdr: (UInt32, UInt16, UInt16, Int32, UInt32, UInt32, UInt32) =
-                            (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, UInt32(bitPattern: lt.rawValue))
+                            (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, lt.fileValue)
                         _ = withUnsafeBytes(of: &hdr) { tr.append(header: nil, body: $0) }
                     }
                     space.addTap(n, tr, format)

@@ -13,6 +13,8 @@ public struct Layers {
     public var payload: Int32 = -1
     /// True for an IPv4 fragment with a non-zero offset (no transport header inside), as tcpdump treats it.
     public var laterFragment = false
+    /// End of the IP datagram (excludes link-layer padding); -1 if unknown (then the captured end counts).
+    public var end: Int32 = -1
     public init() {}
 }
 
@@ -41,7 +43,8 @@ extension Block {
         case .null, .loop:
             guard let raw = u32(0) else { return }
             // Family is host order for DLT_NULL, network order for DLT_LOOP; accept both byte orders.
-            let fam = linkType == .loop ? raw : raw.byteSwapped
+            // DLT_LOOP is network order; DLT_NULL is the capturing host's order, so take whichever is small.
+            let fam = linkType == .loop ? raw : (raw & 0xFFFF_0000 != 0 ? raw.byteSwapped : raw)
             switch fam {
             case 2: setNetwork(etherTypeIPv4, at: 4)
             case 24, 28, 30: setNetwork(etherTypeIPv6, at: 4)
@@ -78,12 +81,14 @@ extension Block {
         if layers.networkType == etherTypeIPv4 {
             guard let vihl = u8(n), vihl >> 4 == 4 else { return }
             let ihl = Int(vihl & 0x0F) * 4
-            guard ihl >= 20, let proto = u8(n + 9), let frag = u16(n + 6) else { return }
+            guard ihl >= 20, let proto = u8(n + 9), let frag = u16(n + 6), let total = u16(n + 2) else { return }
             layers.transportProtocol = Int16(proto)
+            if Int(total) >= ihl { layers.end = Int32(min(count, n + Int(total))) }  // 0: TSO, use the capture
             if frag & 0x1FFF != 0 { layers.laterFragment = true; return }
             setTransport(at: n + ihl, proto: proto)
         } else if layers.networkType == etherTypeIPv6 {
-            guard let v = u8(n), v >> 4 == 6, var next = u8(n + 6) else { return }
+            guard let v = u8(n), v >> 4 == 6, var next = u8(n + 6), let plen = u16(n + 4) else { return }
+            if plen != 0 { layers.end = Int32(min(count, n + 40 + Int(plen))) }  // 0: jumbogram
             var off = n + 40
             // Walk hop-by-hop (0), routing (43), fragment (44) and destination options (60) headers.
             var hops = 0
@@ -129,8 +134,9 @@ extension Block {
         if linkType == .user { return bytes }
         decodeTransport()
         let p = Int(layers.payload)
-        if p < 0 { return UnsafeRawBufferPointer(start: nil, count: 0) }
-        return UnsafeRawBufferPointer(rebasing: bytes[p...])
+        let e = layers.end >= 0 ? Int(layers.end) : count
+        if p < 0 || p >= e { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(rebasing: bytes[p..<e])
     }
 
     /// Source and destination ports of a TCP or UDP header (first fragment only), or nil.

@@ -16,6 +16,13 @@ public struct LinkType: RawRepresentable, Hashable, Sendable, CustomStringConver
     /// Data that is not a frame: written into a tap by a process (LINKTYPE_USER0).
     public static let user = LinkType(rawValue: 147)
 
+    /// The value libpcap's API (`pcap_open_dead`, `pcap_datalink`) uses: DLT_RAW is 12 on Linux, not 101.
+    public var dltValue: Int32 { self == .raw || self == .dltRaw14 ? 12 : rawValue }
+    /// The value a capture file header carries (LINKTYPE_*): 101 for raw IP.
+    public var fileValue: UInt32 { self == .dltRaw12 || self == .dltRaw14 ? 101 : UInt32(bitPattern: rawValue) }
+    /// Two link types that mean the same framing.
+    public func sameFraming(_ o: LinkType) -> Bool { dltValue == o.dltValue }
+
     public var description: String {
         switch self {
         case .null: "null"

@@ -41,6 +41,10 @@ public protocol Filter: AnyObject {
     /// expression that does not compile for that link type).
     func attach(streamLinkType: LinkType?) throws(FilterError)
 
+    /// The link type of what it outputs, given that of its input (nil: mixed or unknown). Filters that turn
+    /// frames into application data (`payload`) return `.user`.
+    func outputLinkType(_ input: LinkType?) -> LinkType?
+
     /// Called when the filter leaves the graph (close files, stop threads).
     func shutdown()
 }
@@ -53,6 +57,7 @@ extension Filter {
     public func statistics() -> [(String, String)] { [] }
     public func control(_ command: String, _ argument: String) -> Result<Void, FilterError>? { nil }
     public func attach(streamLinkType: LinkType?) throws(FilterError) {}
+    public func outputLinkType(_ input: LinkType?) -> LinkType? { input }
     public func shutdown() {}
 }
 

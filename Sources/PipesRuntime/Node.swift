@@ -162,7 +162,7 @@ public final class Node: @unchecked Sendable {
             let lt: Int32
             switch t.format {
             case .raw: lt = -1
-            case .pcap(let l): lt = l.rawValue
+            case .pcap(let l): lt = l.dltValue
             }
             (buf.baseAddress! + i).initialize(to: HotTap(ring: t.ring, pcapLinkType: lt))
         }

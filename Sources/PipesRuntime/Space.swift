@@ -73,9 +73,9 @@ public final class Space: @unchecked Sendable {
             let r: AppendResult
             if t.pcapLinkType < 0 {
                 r = t.ring.append(header: nil, body: block.bytes)
-            } else if t.pcapLinkType == block.linkType.rawValue {
+            } else if t.pcapLinkType == block.linkType.dltValue {
                 var hdr: (UInt32, UInt32, UInt32, UInt32) = (
-                    UInt32(truncatingIfNeeded: block.seconds), UInt32(block.nanoseconds / 1000),
+                    UInt32(truncatingIfNeeded: block.seconds), UInt32(truncatingIfNeeded: max(0, block.nanoseconds) / 1000),
                     UInt32(block.count), UInt32(truncatingIfNeeded: block.wireLength))
                 r = withUnsafeBytes(of: &hdr) { t.ring.append(header: $0, body: block.bytes) }
             } else {
@@ -121,7 +121,14 @@ public final class Space: @unchecked Sendable {
         block.seconds = Int64(ts.tv_sec)
         block.nanoseconds = Int32(ts.tv_nsec)
         if node.filter is any InputInjectable {
-            push(node, &block)
+            node.stats.packetsIn &+= 1
+            node.stats.bytesIn &+= UInt64(block.count)
+            let c = node.hotFilter.process(&block)
+            if c == 0 {
+                lock.unlock()
+                return EIO_
+            }
+            forward(node, c, &block)
         } else {
             forward(node, 1, &block)
         }
@@ -136,23 +143,28 @@ public final class Space: @unchecked Sendable {
         return streamLinkType(node) ?? .user
     }
 
-    /// The link type of a node's stream: that of its upstream sources if they agree. Lock held.
+    /// The link type of a node's output stream: from its sources, through each filter's `outputLinkType`;
+    /// nil when inputs disagree. Lock held.
     public func streamLinkType(_ node: Node) -> LinkType? {
-        var types = Set<Int32>()
-        var seen = Set<ObjectIdentifier>()
-        var stack = [node]
-        while let n = stack.popLast() {
-            guard seen.insert(ObjectIdentifier(n)).inserted else { continue }
+        var memo: [ObjectIdentifier: LinkType?] = [:]
+        func output(_ n: Node) -> LinkType? {
+            if let m = memo[ObjectIdentifier(n)] { return m }
+            memo[ObjectIdentifier(n)] = .some(nil)  // cycle guard
+            let r: LinkType?
             if let s = n.filter as? any SourceFilter {
-                types.insert(s.linkType.rawValue)
+                r = s.linkType
             } else if let j = n.filter as? any InjectionLinkType {
-                types.insert(j.injectedLinkType.rawValue)
-            } else if n.inputs.isEmpty {
-                types.insert(LinkType.user.rawValue)
+                r = j.injectedLinkType
+            } else {
+                let ins = n.inputs.map { output($0) }
+                var input: LinkType? = ins.isEmpty ? .user : ins[0]
+                for t in ins.dropFirst() where t == nil || !(t!.sameFraming(input ?? t!)) || input == nil { input = nil }
+                r = n.filter.outputLinkType(input)
             }
-            stack.append(contentsOf: n.inputs)
+            memo[ObjectIdentifier(n)] = .some(r)
+            return r
         }
-        return types.count == 1 ? LinkType(rawValue: types.first!) : nil
+        return output(node)
     }
 
     /// True when a live (lossy) source feeds this node. Lock held.
@@ -214,6 +226,8 @@ public final class Space: @unchecked Sendable {
             let r: Bool
             if let s = n.filter as? any SourceFilter {
                 r = s.finished
+            } else if n.parent == nil {
+                r = false  // junctions and top-level filters take writes: they never end
             } else {
                 let ins = n.inputs
                 r = !ins.isEmpty && ins.allSatisfy { ended($0) }
@@ -237,4 +251,5 @@ public final class Space: @unchecked Sendable {
 #if canImport(Glibc)
 import Glibc
 let ENODEV_ = ENODEV
+let EIO_ = EIO
 #endif

@@ -84,11 +84,9 @@ struct Mount: ParsableCommand {
         let demo = self.demo
         let rc = try FUSEServer.serve(tree: tree, mountPoint: mountPoint, options: fuseOptions, foreground: foreground) {
             for s in sources {
-                do throws(ControlError) { try controller.addSource(s, uid: getuid(), gid: getgid()) } catch {
-                    controller.errors.append("--source \(s): \(error.message)")
-                }
+                _ = try? controller.addSource(s, uid: getuid(), gid: getgid())  // a failure is in .errors already
             }
-            if demo { buildDemoGraph(controller) }
+            if demo { buildDemoGraph(controller, Caller(uid: getuid(), gid: getgid())) }
         }
         controller.shutdown()
         if rc != 0 { throw ExitCode(rc) }
@@ -103,18 +101,18 @@ func syslogLine(_ line: String) {
 }
 
 /// The demo graph: web traffic by port, DNS, and a count.
-func buildDemoGraph(_ c: Controller) {
+func buildDemoGraph(_ c: Controller, _ who: Caller) {
     guard let demo = try? c.withLock({ () -> Node? in c.space.roots.first { $0.name == "demo" } }) else { return }
     do {
-        let ip = try c.makeDirectory(in: demo, named: "ip")
-        let tcp = try c.makeDirectory(in: ip, named: "tcp")
-        let dport = try c.makeDirectory(in: tcp, named: "dport")
-        let web = try c.makeDirectory(in: dport, named: "80")
-        try c.makeDirectory(in: web, named: "count")
-        try c.makeDirectory(in: web, named: "match=GET")
-        try c.makeDirectory(in: dport, named: "ssh")
-        let udp = try c.makeDirectory(in: ip, named: "udp")
-        try c.makeDirectory(in: udp, named: "dport")
+        let ip = try c.makeDirectory(in: demo, named: "ip", uid: who.uid, gid: who.gid)
+        let tcp = try c.makeDirectory(in: ip, named: "tcp", uid: who.uid, gid: who.gid)
+        let dport = try c.makeDirectory(in: tcp, named: "dport", uid: who.uid, gid: who.gid)
+        let web = try c.makeDirectory(in: dport, named: "80", uid: who.uid, gid: who.gid)
+        try c.makeDirectory(in: web, named: "count", uid: who.uid, gid: who.gid)
+        try c.makeDirectory(in: web, named: "match=GET", uid: who.uid, gid: who.gid)
+        try c.makeDirectory(in: dport, named: "ssh", uid: who.uid, gid: who.gid)
+        let udp = try c.makeDirectory(in: ip, named: "udp", uid: who.uid, gid: who.gid)
+        try c.makeDirectory(in: udp, named: "dport", uid: who.uid, gid: who.gid)
     } catch {
         c.errors.append("demo graph: \(error.message)")
     }

@@ -228,10 +228,10 @@ struct TreeTests {
         // A file is not a directory.
         #expect(errnoOf { try fs.mkdir(j | FileKind.all.rawValue, "x") } == ENOTDIR)
 
-        // Below a classifier, a malformed class is reported as an unknown filter.
+        // Below a classifier, a malformed class is explained as such.
         let eth = try fs.mkdir(j, "eth")
         #expect(errnoOf { try fs.mkdir(eth, "5:3") } == EINVAL)
-        #expect(fs.controller.errors.text.contains("below eth a class is"))
+        #expect(fs.controller.errors.text.contains("'5:3' is neither a class of eth (empty class range"))
     }
 
     @Test("rmdir removes leaves and refuses directories with children")

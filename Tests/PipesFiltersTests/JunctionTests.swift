@@ -10,14 +10,16 @@ struct JunctionTests {
 
     @Test("the argument names the link type of written data", arguments: [
         ("", LinkType.user, ""), ("user", .user, ""), ("ethernet", .ethernet, "ethernet"), ("eth", .ethernet, "ethernet"),
-        ("EN10MB", .ethernet, "ethernet"), ("raw", .raw, "raw"), ("ip", .raw, "raw"), ("sll", .linuxSLL, "linux-sll"),
-        ("linux-sll2", .linuxSLL2, "linux-sll2"), ("113", .linuxSLL, "linux-sll"), ("147", .user, ""),
-        ("0", .null, "null"),
+        ("EN10MB", .ethernet, "ethernet"), ("raw", .raw, "raw"), ("ip", .raw, "raw"), ("sll", .linuxSLL, "sll"),
+        ("linux-sll2", .linuxSLL2, "sll2"), ("113", .linuxSLL, "sll"), ("147", .user, ""),
+        ("0", .null, "0"),
     ])
     func linkTypes(arg: String, linkType: LinkType, shown: String) throws {
         let j = try junction(arg)
         #expect(j.injectedLinkType == linkType)
         #expect(j.arguments == shown)
+        // What it shows, it accepts back (ctl's `args` round trip).
+        #expect(try junction(j.arguments).injectedLinkType.sameFraming(linkType))
     }
 
     @Test("unknown link types are refused", arguments: ["bogus", "-1", "1.5", "ethernet2"])

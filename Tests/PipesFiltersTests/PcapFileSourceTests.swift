@@ -70,7 +70,7 @@ struct PcapFileSourceTests {
 
     @Test("bad options and a missing path are explained", arguments: [
         ("/tmp/x.pcap,bogus", "unknown option 'bogus'"),
-        ("/tmp/x.pcap,loop,rate=0", "bad rate 'rate=0'"),
+        ("/tmp/x.pcap,loop,rate=-5", "bad rate 'rate=-5'"),
         ("/tmp/x.pcap,rate=fast", "bad rate"),
         ("", "missing file path"),
         (",loop", "missing file path"),

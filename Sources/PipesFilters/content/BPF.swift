@@ -13,7 +13,7 @@ final class BPFProgram {
     init(expression: String, linkType: LinkType, snaplen: Int32 = 262_144) throws(FilterError) {
         self.linkType = linkType
         let result: String? = pcapCompilerLock.withLock {
-            guard let dead = pcap_open_dead(linkType.rawValue, snaplen) else { return "pcap_open_dead failed" }
+            guard let dead = pcap_open_dead(linkType.dltValue, snaplen) else { return "pcap_open_dead failed" }
             defer { pcap_close(dead) }
             if pcap_compile(dead, &program, expression, 1, PCAP_NETMASK_UNKNOWN) != 0 {
                 return String(cString: pcap_geterr(dead))
@@ -57,9 +57,12 @@ public final class BPF: Filter {
     }
 
     /// Finds or compiles the program for a link type (once per link type; not on the steady-state path).
+    private var uncompilable: [LinkType] = []
+
     private func select(_ lt: LinkType) -> Bool {
         if let p = programs.first(where: { $0.linkType == lt }) { current = p; return true }
-        guard let p = try? BPFProgram(expression: expression, linkType: lt) else { return false }
+        if uncompilable.contains(lt) { return false }
+        guard let p = try? BPFProgram(expression: expression, linkType: lt) else { uncompilable.append(lt); return false }
         programs.append(p)
         current = p
         return true

@@ -9,7 +9,16 @@ public final class Junction: Filter, InjectionLinkType {
     @inline(__always)
     public func process(_ block: inout Block) -> UInt32 { block.classValue == 0 ? 1 : block.classValue }
 
-    public var arguments: String { injectedLinkType == .user ? "" : injectedLinkType.description }
+    public var arguments: String {
+        switch injectedLinkType {
+        case .user: ""
+        case .ethernet: "ethernet"
+        case .raw, .dltRaw12, .dltRaw14: "raw"
+        case .linuxSLL: "sll"
+        case .linuxSLL2: "sll2"
+        default: "\(injectedLinkType.rawValue)"
+        }
+    }
     public func reconfigure(arguments: String) throws(FilterError) { injectedLinkType = try Junction.parse(arguments) }
 
     static func parse(_ a: String) throws(FilterError) -> LinkType {

@@ -15,6 +15,8 @@ public final class Payload: Filter {
         return block.classValue == 0 ? 1 : block.classValue
     }
 
+    public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
+
     public static let descriptor = FilterDescriptor(
         name: "payload", summary: "transport payload only (headers stripped by moving the view)",
         usage: "payload", structuralClass: .reordering

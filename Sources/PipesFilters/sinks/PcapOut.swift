@@ -32,7 +32,7 @@ public final class PcapOut: Filter {
 
     private func writeHeader(_ lt: LinkType) {
         linkType = lt
-        var h: (UInt32, UInt16, UInt16, Int32, UInt32, UInt32, UInt32) = (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, UInt32(bitPattern: lt.rawValue))
+        var h: (UInt32, UInt16, UInt16, Int32, UInt32, UInt32, UInt32) = (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, lt.fileValue)
         withUnsafeBytes(of: &h) { _ = fwrite($0.baseAddress, 1, 24, file) }
         fflush(file)
     }
@@ -41,7 +41,7 @@ public final class PcapOut: Filter {
     public func process(_ block: inout Block) -> UInt32 {
         if linkType == nil { writeHeader(block.linkType) }
         if block.linkType == linkType, let f = file {
-            var r: (UInt32, UInt32, UInt32, UInt32) = (UInt32(truncatingIfNeeded: block.seconds), UInt32(block.nanoseconds / 1000),
+            var r: (UInt32, UInt32, UInt32, UInt32) = (UInt32(truncatingIfNeeded: block.seconds), UInt32(truncatingIfNeeded: max(0, block.nanoseconds) / 1000),
                                                        UInt32(block.count), UInt32(truncatingIfNeeded: block.wireLength))
             withUnsafeBytes(of: &r) { _ = fwrite($0.baseAddress, 1, 16, f) }
             fwrite(block.bytes.baseAddress, 1, block.count, f)

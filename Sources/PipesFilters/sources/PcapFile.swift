@@ -39,7 +39,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             case "loop": loop = true
             case "paused": paused = true
             case _ where o.hasPrefix("rate="):
-                guard let r = Int(o.dropFirst(5)), r > 0 else { throw FilterError("pcap source: bad rate '\(o)' (want rate=PACKETS_PER_SECOND > 0)") }
+                guard let r = Int(o.dropFirst(5)), r >= 0 else { throw FilterError("pcap source: bad rate '\(o)' (want rate=PACKETS_PER_SECOND; 0 = as fast as possible)") }
                 rate = r
             default:
                 throw FilterError("pcap source: unknown option '\(o)' (loop, paused, rate=PPS)")
@@ -65,6 +65,8 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         }
         return h
     }
+
+    deinit { if let h = handle { pcap_close(h) } }
 
     public var isLive: Bool { false }
     public var finished: Bool { state.withLock { _finished } }
@@ -152,9 +154,12 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
                 let rc = pcap_next_ex(h, &hdr, &data)
                 if rc == 1, let hdr, let data {
                     let caplen = Int(hdr.pointee.caplen)
+                    // With nanosecond precision tv_usec holds nanoseconds; a damaged file may hold >= 1e9.
+                    let frac = Int64(UInt32(truncatingIfNeeded: hdr.pointee.ts.tv_usec))
                     var b = Block(bytes: UnsafeRawBufferPointer(start: data, count: caplen),
-                                  wireLength: Int(hdr.pointee.len), seconds: Int64(hdr.pointee.ts.tv_sec),
-                                  nanoseconds: Int32(truncatingIfNeeded: hdr.pointee.ts.tv_usec), linkType: linkType)
+                                  wireLength: Int(hdr.pointee.len),
+                                  seconds: Int64(hdr.pointee.ts.tv_sec) &+ frac / 1_000_000_000,
+                                  nanoseconds: Int32(frac % 1_000_000_000), linkType: linkType)
                     space.push(node, &b)
                     n += 1
                     if space.needsDrain { break }
