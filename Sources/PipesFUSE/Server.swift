@@ -28,6 +28,11 @@ public enum FUSEServer {
             throw MountError(description: "cannot start a FUSE session with options \(options.joined(separator: ","))")
         }
         defer { fuse_session_destroy(se) }
+        // A daemon started in the background inherits SIGINT ignored; libfuse only installs handlers for signals at
+        // their default, so reset them: SIGINT, SIGTERM and SIGHUP always unmount cleanly.
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
+        signal(SIGHUP, SIG_DFL)
         if fuse_set_signal_handlers(se) != 0 { throw MountError(description: "cannot install signal handlers") }
         defer { fuse_remove_signal_handlers(se) }
         if fuse_session_mount(se, mountPoint) != 0 {

@@ -47,6 +47,8 @@ struct Mount: ParsableCommand {
     @Flag(name: .customLong("no-rx"), help: "No live capture source.") var noRx = false
     @Option(name: .long, help: "Interface tx sends on.") var tx: String = "lo"
     @Flag(name: .customLong("no-tx"), help: "No injection sink.") var noTx = false
+    @Option(name: .long, help: "Directory for relative file names (pcapout=NAME); default: the current directory.")
+    var spool: String?
     @Flag(name: .long, help: "Add the demo source `demo` (a generated capture played in a loop) and a demo graph.")
     var demo = false
 
@@ -71,6 +73,10 @@ struct Mount: ParsableCommand {
         if geteuid() == 0 && !userOptions.contains("noallow_other") { fuseOptions.append("allow_other") }
         fuseOptions += userOptions.filter { $0 != "noallow_other" }
 
+        let spoolDirectory = spool ?? currentDirectory()
+        guard let sp = fileStatus(spoolDirectory), (sp.st_mode & Glibc.S_IFMT) == Glibc.S_IFDIR else {
+            fail("spool directory \(spoolDirectory) is not a directory")
+        }
         let real = realpath(mountPoint, nil)
         let mp = real.map { String(cString: $0) } ?? mountPoint
         free(real)
@@ -83,6 +89,8 @@ struct Mount: ParsableCommand {
         }
         let demo = self.demo
         let rc = try FUSEServer.serve(tree: tree, mountPoint: mountPoint, options: fuseOptions, foreground: foreground) {
+            // fuse_daemonize changed to /; relative names written by filters (pcapout=NAME) go to the spool.
+            _ = chdir(spoolDirectory)
             for s in sources {
                 _ = try? controller.addSource(s, uid: getuid(), gid: getgid())  // a failure is in .errors already
             }
@@ -150,6 +158,12 @@ struct Filters: ParsableCommand {
 
 extension String {
     func padding(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
+}
+
+func currentDirectory() -> String {
+    guard let p = getcwd(nil, 0) else { return "/" }
+    defer { free(p) }
+    return String(cString: p)
 }
 
 /// stat(2) through open + fstat (the Swift name `stat` is both the struct and the function).
