@@ -24,6 +24,11 @@ public protocol Filter: AnyObject {
     /// Classifies (and may annotate) one block. Called with the space lock held, once per block.
     func process(_ block: inout Block) -> UInt32
 
+    /// The hot-path entry: `process` on an unretained instance. Calling an instance method through an
+    /// existential retains and releases the instance around every call; dispatching through the metatype with
+    /// a borrowed pointer does not. Do not implement: the default below is the only one.
+    static func process(unretained instance: UnsafeMutableRawPointer, _ block: inout Block) -> UInt32
+
     /// Applies new argument text (from the `ctl` file or a rename). Throws with a reason on bad arguments.
     func reconfigure(arguments: String) throws(FilterError)
 
@@ -50,6 +55,11 @@ public protocol Filter: AnyObject {
 }
 
 extension Filter {
+    @inlinable @inline(__always)
+    public static func process(unretained instance: UnsafeMutableRawPointer, _ block: inout Block) -> UInt32 {
+        Unmanaged<Self>.fromOpaque(instance)._withUnsafeGuaranteedRef { $0.process(&block) }
+    }
+
     public func reconfigure(arguments: String) throws(FilterError) {
         if !arguments.isEmpty { throw FilterError("takes no arguments") }
     }

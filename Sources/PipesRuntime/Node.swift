@@ -10,7 +10,7 @@ public enum TapFormat: Sendable {
 
 /// An edge as the hot path sees it: trivial, so walking edges costs no reference counting.
 struct HotEdge {
-    unowned(unsafe) let child: Node
+    let child: Unmanaged<Node>
     let negated: Bool
     let rangeCount: Int
     let ranges: UnsafeMutablePointer<ClosedRange<UInt32>>?
@@ -55,20 +55,30 @@ public final class Node: @unchecked Sendable {
     public internal(set) var name: String
     public let descriptor: FilterDescriptor
     public let filter: any Filter
-    /// The hot-path reference to `filter` (kept alive by `filter`).
-    unowned(unsafe) let hotFilter: any Filter
+    /// The hot-path view of `filter` (kept alive by `filter`): its type and an unretained pointer to it, so the
+    /// per-block call costs no reference counting. See `Filter.process(unretained:_:)`.
+    let hotType: any Filter.Type
+    let hotInstance: UnsafeMutableRawPointer
     /// The class constraint on the edge from `parent` (non-`any` for class directories such as `dport/80`).
     public internal(set) var selector: ClassSelector
     /// True for class directories: the node forwards what its edge selected.
     public let isClassSelection: Bool
-    public internal(set) weak var parent: Node?
+    /// The directory parent. Not weak (side tables make every retain slow): a node with children cannot be
+    /// removed, so a parent always outlives its children's links to it.
+    public internal(set) unowned(unsafe) var parent: Node?
     /// Child directories in creation order.
     public internal(set) var children: [Node] = []
     /// Symlinks in this directory: name → (link text, target). Each is an edge from self to the target.
     public internal(set) var links: [(id: UInt64, name: String, text: String, target: Node)] = []
     /// Nodes with a symlink edge into this one (extra parents, fan-in).
     public internal(set) var linkParents: [Node] = []
-    public internal(set) var stats = NodeStats()
+    /// Counters, behind a pointer so the hot path updates them without exclusivity checks.
+    let counters: UnsafeMutablePointer<NodeStats> = {
+        let p = UnsafeMutablePointer<NodeStats>.allocate(capacity: 1)
+        p.initialize(to: NodeStats())
+        return p
+    }()
+    public var stats: NodeStats { counters.pointee }
     /// Owner of the directory (the creator).
     public let uid: UInt32
     public let gid: UInt32
@@ -87,7 +97,8 @@ public final class Node: @unchecked Sendable {
         self.name = name
         self.descriptor = descriptor
         self.filter = filter
-        self.hotFilter = filter
+        self.hotType = type(of: filter)
+        self.hotInstance = Unmanaged<AnyObject>.passUnretained(filter).toOpaque()
         self.selector = selector
         self.isClassSelection = isClassSelection
         self.uid = uid
@@ -95,6 +106,7 @@ public final class Node: @unchecked Sendable {
     }
 
     deinit {
+        counters.deallocate()
         freeHotEdges()
         hotTaps.deallocate()
     }
@@ -143,7 +155,7 @@ public final class Node: @unchecked Sendable {
                 rs = .allocate(capacity: o.selector.ranges.count)
                 rs!.initialize(from: o.selector.ranges, count: o.selector.ranges.count)
             }
-            (buf.baseAddress! + i).initialize(to: HotEdge(child: o.node, negated: o.selector.negated,
+            (buf.baseAddress! + i).initialize(to: HotEdge(child: Unmanaged.passUnretained(o.node), negated: o.selector.negated,
                                                           rangeCount: o.selector.ranges.count, ranges: rs))
         }
         hotEdges = buf

@@ -15,6 +15,7 @@ public final class Space: @unchecked Sendable {
     private var nextID: UInt64 = 16
     private var wake: [TapRing] = []
     private var congested: [TapRing] = []
+    private var congestedCount = 0
 
     /// Receives one-line error reports from sources (the filesystem appends them to `/.errors`).
     public var errorHandler: (@Sendable (String) -> Void)?
@@ -37,9 +38,19 @@ public final class Space: @unchecked Sendable {
     /// The lock must be held. Allocates nothing and takes no references.
     @inline(__always)
     public func push(_ node: Node, _ block: inout Block) {
-        node.stats.packetsIn &+= 1
-        node.stats.bytesIn &+= UInt64(block.count)
-        let c = node.hotFilter.process(&block)
+        push(Unmanaged.passUnretained(node), &block)
+    }
+
+    /// The hot path proper: nodes travel as unmanaged references (the graph keeps them alive and the space lock
+    /// keeps the graph still), so walking the graph costs no reference counting.
+    @inline(__always)
+    public func push(_ node: Unmanaged<Node>, _ block: inout Block) {
+        let c: UInt32 = node._withUnsafeGuaranteedRef { n in
+            let k = n.counters
+            k.pointee.packetsIn &+= 1
+            k.pointee.bytesIn &+= UInt64(block.count)
+            return n.hotType.process(unretained: n.hotInstance, &block)
+        }
         if c == 0 { return }
         forward(node, c, &block)
     }
@@ -47,11 +58,15 @@ public final class Space: @unchecked Sendable {
     /// Delivers a block as `node`'s output (taps and children) without running its filter: injection.
     @inline(__always)
     public func forward(_ node: Node, _ c: UInt32, _ block: inout Block) {
+        forward(Unmanaged.passUnretained(node), c, &block)
+    }
+
+    func forward(_ node: Unmanaged<Node>, _ c: UInt32, _ block: inout Block) {
         block.classValue = c
-        node.stats.packetsOut &+= 1
-        node.stats.bytesOut &+= UInt64(block.count)
-        if node.hotTaps.count != 0 { deliverToTaps(node, block) }
-        let edges = node.hotEdges
+        let (edges, taps, k) = node._withUnsafeGuaranteedRef { n in (n.hotEdges, n.hotTaps, n.counters) }
+        k.pointee.packetsOut &+= 1
+        k.pointee.bytesOut &+= UInt64(block.count)
+        if taps.count != 0 { deliverToTaps(taps, k, block) }
         let n = edges.count
         if n == 1 {
             if edges[0].matches(c) { push(edges[0].child, &block) }
@@ -68,8 +83,9 @@ public final class Space: @unchecked Sendable {
         }
     }
 
-    private func deliverToTaps(_ node: Node, _ block: Block) {
-        for t in node.hotTaps {
+    private func deliverToTaps(_ hotTaps: UnsafeMutableBufferPointer<HotTap>, _ k: UnsafeMutablePointer<NodeStats>,
+                               _ block: Block) {
+        for t in hotTaps {
             let r: AppendResult
             if t.pcapLinkType < 0 {
                 r = t.ring.append(header: nil, body: block.bytes)
@@ -81,15 +97,15 @@ public final class Space: @unchecked Sendable {
             } else {
                 r = []
             }
-            if !r.contains(.stored) { node.stats.tapDrops &+= 1 }
+            if !r.contains(.stored) { k.pointee.tapDrops &+= 1 }
             if r.contains(.becameReadable) { wake.append(t.ring) }
-            if r.contains(.congested) { congested.append(t.ring) }
+            if r.contains(.congested) { congested.append(t.ring); congestedCount += 1 }
         }
     }
 
     /// True when a lossless tap is past its high-water mark: end the batch early.
     @inline(__always)
-    public var needsDrain: Bool { !congested.isEmpty }
+    public var needsDrain: Bool { congestedCount != 0 }
 
     /// Ends a batch: call after `lock.unlock()`. Wakes readers and, if `mayWait`, waits (bounded by
     /// `stopRequested`) until congested lossless taps drained.
@@ -99,6 +115,7 @@ public final class Space: @unchecked Sendable {
         let c = congested
         wake.removeAll(keepingCapacity: true)
         congested.removeAll(keepingCapacity: true)
+        congestedCount = 0
         lock.unlock()
         for r in w { r.serviceWaiters() }
         guard mayWait else { return }
@@ -121,9 +138,9 @@ public final class Space: @unchecked Sendable {
         block.seconds = Int64(ts.tv_sec)
         block.nanoseconds = Int32(ts.tv_nsec)
         if node.filter is any InputInjectable {
-            node.stats.packetsIn &+= 1
-            node.stats.bytesIn &+= UInt64(block.count)
-            let c = node.hotFilter.process(&block)
+            node.counters.pointee.packetsIn &+= 1
+            node.counters.pointee.bytesIn &+= UInt64(block.count)
+            let c = node.hotType.process(unretained: node.hotInstance, &block)
             if c == 0 {
                 lock.unlock()
                 return EIO_

@@ -18,7 +18,7 @@ struct MakePcap: ParsableCommand {
 
     func run() throws {
         var n = flows
-        if let mb = megabytes { n = max(1, mb * 1_000_000 / 6_000) }
+        if let mb = megabytes { n = max(1, mb * 1_000_000 / 2_100) }
         let s = try SyntheticCapture.write(to: output, flows: n, seed: seed)
         print(s)
     }
@@ -54,6 +54,7 @@ struct PipelineBench: ParsableCommand {
     @Option(help: "The chain, as directories below the source.") var chain = "ip/tcp/dport/80/count"
     @Option(help: "The equivalent tcpdump expression (baseline).") var expression = "ip and tcp dst port 80"
     @Option(help: "Runs of each; the best is reported.") var runs = 3
+    @Flag(help: "Only run the pipeline (for profiling).") var noBaseline = false
 
     func run() throws {
         guard let st = fileStatus(file) else { fail("cannot open \(file)") }
@@ -68,14 +69,21 @@ struct PipelineBench: ParsableCommand {
             packets = total
             selected = sel
         }
+        if noBaseline {
+            print("pipesfs: \(rate(packets, best)) packets/s, \(format2(best)) s, selected \(selected) of \(packets)")
+            return
+        }
         var baseline = Double.infinity
         for _ in 0..<runs {
             let (status, t) = timeCommand(["tcpdump", "-r", file, "-w", "/dev/null", expression])
             if status != 0 { fail("tcpdump failed (is it installed?)") }
             baseline = min(baseline, t)
         }
-        let (_, _) = timeCommand(["sh", "-c", "tcpdump -r '\(file)' -nn '\(expression)' 2>/dev/null | wc -l"], stdoutPath: "/tmp/pipesfs-bench-count")
-        let tcpdumpCount = readFirstLine("/tmp/pipesfs-bench-count").flatMap { UInt64($0.trimmingWhitespace()) } ?? 0
+        // tcpdump's selection, written to a file and counted record by record (not timed).
+        let selection = "/tmp/pipesfs-bench-\(getpid()).pcap"
+        _ = timeCommand(["tcpdump", "-r", file, "-w", selection, expression])
+        let tcpdumpCount = countRecords(selection)
+        unlink(selection)
         let mb = Double(st.st_size) / 1e6
         print("capture: \(file) (\(String(format2(mb))) MB, \(packets) packets)")
         print("pipesfs  source -> \(chain.split(separator: "/").joined(separator: " -> ")): \(rate(packets, best)) packets/s, \(String(format2(best))) s, selected \(selected)")
@@ -93,7 +101,9 @@ struct PipelineBench: ParsableCommand {
         for part in chain.split(separator: "/") { parent = try c.makeDirectory(in: parent, named: String(part)) }
         let t0 = monotonicNanoseconds()
         try c.control(src, "start")
-        while !(c.space.lock.withLock { src.ended }) { usleep(1000) }
+        // Poll the source's own state, not the space lock (that would contend with the source thread).
+        let s = src.filter as! any SourceFilter
+        while !s.finished { usleep(2000) }
         let t = Double(monotonicNanoseconds() - t0) / 1e9
         let (total, sel) = c.space.lock.withLock { (src.stats.packetsIn, parent.stats.packetsIn) }
         c.shutdown()
@@ -101,12 +111,19 @@ struct PipelineBench: ParsableCommand {
     }
 }
 
-func readFirstLine(_ path: String) -> String? {
-    guard let f = fopen(path, "r") else { return nil }
+/// Counts the records of a classic pcap file written by this machine (native byte order).
+func countRecords(_ path: String) -> UInt64 {
+    guard let f = fopen(path, "r") else { return 0 }
     defer { fclose(f) }
-    var buf = [CChar](repeating: 0, count: 256)
-    guard fgets(&buf, 256, f) != nil else { return nil }
-    return String(cString: buf)
+    var header = [UInt8](repeating: 0, count: 24)
+    guard fread(&header, 1, 24, f) == 24 else { return 0 }
+    var n: UInt64 = 0
+    var rec = (UInt32(0), UInt32(0), UInt32(0), UInt32(0))
+    while withUnsafeMutableBytes(of: &rec, { fread($0.baseAddress, 1, 16, f) }) == 16 {
+        if fseek(f, Int(rec.2), SEEK_CUR) != 0 { break }
+        n += 1
+    }
+    return n
 }
 
 func format2(_ v: Double) -> String {

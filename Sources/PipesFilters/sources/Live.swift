@@ -21,7 +21,9 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     private var received: UInt64 = 0
     private var kernelDrops: UInt32 = 0
     private var lastError: String?
-    private weak var space: Space?
+    /// Not weak: a weak reference gives the space a side table and makes every retain of it slow.
+    /// The controller keeps the space alive for as long as sources run.
+    private unowned(unsafe) var space: Space?
     private unowned(unsafe) var node: Node?
 
     public init(spec: String) throws(FilterError) {
@@ -87,6 +89,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
         pcap_set_timeout(h, 50)
         pcap_set_immediate_mode(h, 1)
         pcap_set_buffer_size(h, 8 << 20)
+        pcap_set_tstamp_precision(h, Int32(PCAP_TSTAMP_PRECISION_NANO))
         let rc = pcap_activate(h)
         if rc < 0 {
             fail("cannot capture on '\(interface)': \(String(cString: pcap_geterr(h)))")
@@ -101,14 +104,6 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
         let m = "source \(node?.name ?? "rx"): \(msg)"
         state.withLock { lastError = m }
         space?.reportError(m)
-    }
-
-    private final class Context {
-        unowned(unsafe) let space: Space
-        unowned(unsafe) let node: Node
-        let linkType: LinkType
-        var count = 0
-        init(space: Space, node: Node, linkType: LinkType) { self.space = space; self.node = node; self.linkType = linkType }
     }
 
     private func run() {
@@ -126,7 +121,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
             let lt = LinkType(rawValue: pcap_datalink(h))
             space.lock.withLock { linkType = lt }
             state.withLock { running = true; lastError = nil }
-            let ctx = Context(space: space, node: node, linkType: lt)
+            let ctx = PcapDispatcher(space: space, node: node, linkType: lt)
             let fd = pcap_get_selectable_fd(h)
             while true {
                 if state.withLock({ stopping || !demand }) { break }
@@ -134,20 +129,10 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
                 _ = poll(&p, 1, 100)
                 space.lock.lock()
                 if node.removed { space.lock.unlock(); break }
-                let n = withExtendedLifetime(ctx) {
-                    pcap_dispatch(h, 256, { user, hdr, data in
-                        let c = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
-                        guard let hdr, let data else { return }
-                        var b = Block(bytes: UnsafeRawBufferPointer(start: data, count: Int(hdr.pointee.caplen)),
-                                      wireLength: Int(hdr.pointee.len), seconds: Int64(hdr.pointee.ts.tv_sec),
-                                      nanoseconds: Int32(truncatingIfNeeded: hdr.pointee.ts.tv_usec * 1000), linkType: c.linkType)
-                        c.space.push(c.node, &b)
-                        c.count += 1
-                    }, UnsafeMutablePointer(Unmanaged.passUnretained(ctx).toOpaque().assumingMemoryBound(to: UInt8.self)))
-                }
+                let n = ctx.dispatch(h, max: 256)
                 space.lock.unlock()
                 space.finishBatch(mayWait: false)
-                if n < 0 { fail("capture failed: \(String(cString: pcap_geterr(h)))"); break }
+                if n == PCAP_ERROR { fail("capture failed: \(String(cString: pcap_geterr(h)))"); break }
                 if ctx.count > 0 {
                     var st = pcap_stat()
                     let have = pcap_stats(h, &st) == 0

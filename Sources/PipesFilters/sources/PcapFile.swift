@@ -26,7 +26,12 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     private var loops: UInt64 = 0
     private var lastError: String?
     private var handle: OpaquePointer?
-    private weak var space: Space?
+    /// The zero-copy reader, for classic pcap files (pcapng goes through `handle`).
+    private var mapped: MappedPcapReader?
+    /// Not weak: a weak reference gives the space a side table and makes every retain of it slow.
+    /// The controller keeps the space alive for as long as sources run.
+    private unowned(unsafe) var space: Space?
+    private var dispatcher: PcapDispatcher?
     private unowned(unsafe) var node: Node?
 
     public init(spec: String) throws(FilterError) {
@@ -52,6 +57,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         let h = try PcapFileSource.open(p)
         handle = h
         linkType = LinkType(rawValue: pcap_datalink(h))
+        mapped = MappedPcapReader(path: p)
     }
 
     static func open(_ path: String) throws(FilterError) -> OpaquePointer {
@@ -142,31 +148,30 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
                 continue
             }
 
+            // A batch: up to `batch` packets with the lock held, cut short when a lossless reader lags.
             let batch = rate > 0 ? max(1, min(64, rate / 100)) : 256
             var ended = false
             var failure: String?
+            let dispatcher = self.dispatcher ?? PcapDispatcher(space: space, node: node, linkType: linkType)
+            self.dispatcher = dispatcher
             var n = 0
             space.lock.lock()
             if node.removed { space.lock.unlock(); break }
-            while n < batch {
-                var hdr: UnsafeMutablePointer<pcap_pkthdr>?
-                var data: UnsafePointer<UInt8>?
-                let rc = pcap_next_ex(h, &hdr, &data)
-                if rc == 1, let hdr, let data {
-                    let caplen = Int(hdr.pointee.caplen)
-                    // With nanosecond precision tv_usec holds nanoseconds; a damaged file may hold >= 1e9.
-                    let frac = Int64(UInt32(truncatingIfNeeded: hdr.pointee.ts.tv_usec))
-                    var b = Block(bytes: UnsafeRawBufferPointer(start: data, count: caplen),
-                                  wireLength: Int(hdr.pointee.len),
-                                  seconds: Int64(hdr.pointee.ts.tv_sec) &+ frac / 1_000_000_000,
-                                  nanoseconds: Int32(frac % 1_000_000_000), linkType: linkType)
-                    space.push(node, &b)
-                    n += 1
-                    if space.needsDrain { break }
-                } else if rc == PCAP_ERROR_BREAK {  // end of file
+            if let m = mapped {
+                switch m.dispatch(space: space, node: Unmanaged.passUnretained(node), max: batch, count: &n) {
+                case .more: break
+                case .end: ended = true
+                case .failed(let why): failure = why; ended = true
+                }
+            }
+            while mapped == nil && n < batch {
+                let rc = dispatcher.dispatch(h, max: Int32(batch - n))
+                n += dispatcher.count
+                if dispatcher.drained { break }  // a lossless reader lags: wait outside the lock
+                if rc == 0 {  // end of file
                     ended = true
                     break
-                } else {
+                } else if rc < 0 {
                     failure = String(cString: pcap_geterr(h))
                     ended = true
                     break
@@ -210,6 +215,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         handle = nil
         do {
             handle = try PcapFileSource.open(path)
+            mapped = MappedPcapReader(path: path)
         } catch {
             let msg = "source \(node?.name ?? "?"): \(error.message)"
             state.withLock { lastError = msg; _finished = true }
