@@ -1,8 +1,10 @@
 # A paused capture source, started with `start`: what all.pcap yields equals tcpdump's selection, for the
 # directory chain ip/tcp/dport/80 and three bpf= expressions. Readers get EOF at the end of the file.
 source "$(dirname "$0")/../lib.sh"
+# IT_CAPTURE=FILE checks another capture (e.g. one written by another generator); FORMAT=pcapng converts it.
 CAP="$WORK/cap.pcap"
-"$PIPESFS" mkpcap "$CAP" --flows 4000 --seed 5 > "$WORK/summary.json"
+if [ -n "${IT_CAPTURE:-}" ]; then cp "$IT_CAPTURE" "$CAP"; else "$PIPESFS" mkpcap "$CAP" --flows 4000 --seed 5 > "$WORK/summary.json"; fi
+if [ "${FORMAT:-pcap}" = pcapng ]; then editcap -F pcapng "$CAP" "$WORK/cap.pcapng"; CAP="$WORK/cap.pcapng"; fi
 mount_pipes --no-rx --no-tx --source "src=pcap:$CAP,paused"
 mkdir -p "$MP/src/ip/tcp/dport/80"
 declare -A EXPR=( [a]="udp and port 53" [b]="tcp[tcpflags] & tcp-syn != 0" [c]="ip6 or arp or (ip[6:2] & 0x1fff != 0)" )
