@@ -56,7 +56,7 @@ public final class ErrorLog: @unchecked Sendable {
         gmtime_r(&t, &tmv)
         var buf = [CChar](repeating: 0, count: 32)
         strftime(&buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tmv)
-        let line = "\(String(cString: buf)) \(message)"
+        let line = "\(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) \(message)"
         pthread_mutex_lock(&lock)
         lines.append(line)
         if lines.count > limit { lines.removeFirst(lines.count - limit) }

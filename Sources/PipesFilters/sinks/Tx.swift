@@ -24,7 +24,7 @@ public final class Tx: Filter, InputInjectable, InjectionLinkType, @unchecked Se
         if let h = handle { return h }
         var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
         guard let h = pcap_open_live(interface, 65535, 0, 100, &err) else {
-            lastError = "tx: cannot open '\(interface)' for sending: \(String(cString: err))"
+            lastError = "tx: cannot open '\(interface)' for sending: \(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"
             return nil
         }
         injectedLinkType = LinkType(rawValue: pcap_datalink(h))

@@ -83,7 +83,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
 
     private func openHandle() -> OpaquePointer? {
         var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
-        guard let h = pcap_create(interface, &err) else { fail(String(cString: err)); return nil }
+        guard let h = pcap_create(interface, &err) else { fail(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)); return nil }
         pcap_set_snaplen(h, snaplen)
         pcap_set_promisc(h, promiscuous ? 1 : 0)
         pcap_set_timeout(h, 50)

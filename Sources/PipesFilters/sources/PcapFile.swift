@@ -67,7 +67,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             throw FilterError("pcap source: cannot read '\(path)': \(String(cString: strerror(e)))", errno: e)
         }
         guard let h = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &err) else {
-            throw FilterError("pcap source: '\(path)' is not a capture file libpcap can read: \(String(cString: err))")
+            throw FilterError("pcap source: '\(path)' is not a capture file libpcap can read: \(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))")
         }
         return h
     }

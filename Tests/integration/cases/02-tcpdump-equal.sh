@@ -7,7 +7,7 @@ if [ -n "${IT_CAPTURE:-}" ]; then cp "$IT_CAPTURE" "$CAP"; else "$PIPESFS" mkpca
 if [ "${FORMAT:-pcap}" = pcapng ]; then editcap -F pcapng "$CAP" "$WORK/cap.pcapng"; CAP="$WORK/cap.pcapng"; fi
 mount_pipes --no-rx --no-tx --source "src=pcap:$CAP,paused"
 mkdir -p "$MP/src/ip/tcp/dport/80"
-declare -A EXPR=( [a]="udp and port 53" [b]="tcp[tcpflags] & tcp-syn != 0" [c]="ip6 or arp or (ip[6:2] & 0x1fff != 0)" )
+declare -A EXPR=( [a]="udp and port 53" [b]="tcp[tcpflags] & tcp-syn != 0" [c]="ip6 or arp or (ip[6:2] & 0x1fff != 0) or greater 1400" )
 bg cat "$MP/src/ip/tcp/dport/80/all.pcap" > "$WORK/port80.pcap"; PIDS=($LAST_PID)
 for k in a b c; do
     mkdir "$MP/src/bpf=${EXPR[$k]}"

@@ -20,11 +20,14 @@ done
 BIN="$WORK/bin"; mkdir -p "$BIN"
 cp "$PIPESFS" "$BIN/pipesfs"
 HELPER="$(cd "$(dirname "$0")/../../../fuse" && pwd)/mount.pipesfs"
-installed=0
-if [ ! -e /sbin/mount.fuse.pipesfs ]; then
-    ln -s "$HELPER" /sbin/mount.fuse.pipesfs; installed=1
-fi
-trap 'cleanup; [ $installed = 1 ] && rm -f /sbin/mount.fuse.pipesfs' EXIT
+# Use this tree's helper for the test; put back whatever was installed before.
+if [ -e /sbin/mount.fuse.pipesfs ] || [ -L /sbin/mount.fuse.pipesfs ]; then mv /sbin/mount.fuse.pipesfs "$WORK/helper.saved"; fi
+ln -s "$HELPER" /sbin/mount.fuse.pipesfs
+restore_helper() {
+    rm -f /sbin/mount.fuse.pipesfs
+    if [ -e "$WORK/helper.saved" ] || [ -L "$WORK/helper.saved" ]; then mv "$WORK/helper.saved" /sbin/mount.fuse.pipesfs; fi
+}
+trap 'restore_helper; cleanup' EXIT
 PIPESFS="$BIN/pipesfs" mount -t fuse.pipesfs pipesfs "$MP" -o norx,notx,demo
 mountpoint -q "$MP" || fail "mount -t fuse.pipesfs did not mount"
 [ -d "$MP/demo/ip/tcp/dport/80" ] || fail "demo graph missing"

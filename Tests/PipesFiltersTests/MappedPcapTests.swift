@@ -1,0 +1,516 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CPcap
+import Foundation
+import PipesBuffering
+import PipesControl
+@testable import PipesFilters
+import PipesRuntime
+import Testing
+
+// The zero-copy classic-pcap reader (MappedPcapReader) must read exactly what libpcap reads: the same records
+// before the end or the damage, the same bytes, wire lengths, timestamps and link type, and damage reported the
+// way libpcap words it. libpcap here is opened as the pcap source opens it (nanosecond precision, pcap_next_ex).
+
+/// One record as a reader delivered it, copied.
+struct MappedCaseRecord: Equatable, CustomStringConvertible {
+    var bytes: [UInt8]
+    var wire: Int
+    var seconds: Int64
+    var nanoseconds: Int32
+    var linkType: Int32
+
+    var description: String {
+        "\(bytes.count) bytes (wire \(wire)) at \(seconds).\(nanoseconds) link \(linkType)"
+    }
+}
+
+/// How a read ended.
+enum MappedCaseEnd: Equatable {
+    case end
+    case failed(String)
+}
+
+/// Everything one reader yielded.
+struct MappedCaseRead {
+    var records: [MappedCaseRecord] = []
+    var end: MappedCaseEnd?
+    var linkType: Int32 = -1
+}
+
+/// Reads `path` with libpcap as `PcapFileSource` opens it; nil and libpcap's reason when it refuses the file.
+/// Timestamps are normalized as `PcapDispatcher` normalizes them (libpcap's path into the graph).
+func mappedCaseLibpcap(_ path: String) -> (MappedCaseRead?, String) {
+    var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
+    guard let h = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &err) else {
+        return (nil, String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+    defer { pcap_close(h) }
+    var r = MappedCaseRead()
+    r.linkType = pcap_datalink(h)
+    while r.end == nil {
+        var hdr: UnsafeMutablePointer<pcap_pkthdr>?
+        var data: UnsafePointer<UInt8>?
+        let rc = pcap_next_ex(h, &hdr, &data)
+        if rc == 1, let hdr, let data {
+            let frac = Int64(UInt32(truncatingIfNeeded: hdr.pointee.ts.tv_usec))
+            r.records.append(MappedCaseRecord(
+                bytes: Array(UnsafeRawBufferPointer(start: data, count: Int(hdr.pointee.caplen))),
+                wire: Int(hdr.pointee.len),
+                seconds: Int64(hdr.pointee.ts.tv_sec) &+ frac / 1_000_000_000,
+                nanoseconds: Int32(frac % 1_000_000_000), linkType: r.linkType))
+        } else if rc == PCAP_ERROR_BREAK {
+            r.end = .end
+        } else {
+            r.end = .failed(String(cString: pcap_geterr(h)))
+        }
+    }
+    return (r, "")
+}
+
+/// Copies every block that reaches it.
+final class MappedCaseCollector: Filter {
+    var records: [MappedCaseRecord] = []
+    func process(_ block: inout Block) -> UInt32 {
+        records.append(MappedCaseRecord(bytes: Array(block.bytes), wire: block.wireLength, seconds: block.seconds,
+                                        nanoseconds: block.nanoseconds, linkType: block.linkType.rawValue))
+        return 1
+    }
+}
+
+let mappedCaseDescriptor = FilterDescriptor(name: "collect", summary: "test collector", usage: "collect",
+                                            structuralClass: .sink) { _ throws(FilterError) in MappedCaseCollector() }
+
+/// Reads `path` with `MappedPcapReader` into a node, `batch` records per dispatch, as the source thread does;
+/// nil when the reader refuses the file (the source then uses libpcap).
+func mappedCaseMapped(_ path: String, batch: Int = 7) -> MappedCaseRead? {
+    guard let reader = MappedPcapReader(path: path) else { return nil }
+    let space = Space()
+    let collector = MappedCaseCollector()
+    let node = Node(id: space.allocateID(), name: "x", descriptor: mappedCaseDescriptor, filter: collector)
+    space.lock.withLock { space.attach(node, under: nil) }
+    var r = MappedCaseRead()
+    r.linkType = reader.linkType.rawValue
+    var calls = 0
+    while r.end == nil {
+        calls += 1
+        if calls > 1_000_000 { r.end = .failed("MappedPcapReader never ended"); break }
+        var n = -1
+        let before = collector.records.count
+        space.lock.lock()
+        let status = reader.dispatch(space: space, node: Unmanaged.passUnretained(node), max: batch, count: &n)
+        space.lock.unlock()
+        space.finishBatch(mayWait: false)
+        if n != collector.records.count - before {
+            r.end = .failed("dispatch reported \(n) records but pushed \(collector.records.count - before)")
+            break
+        }
+        if n > batch { r.end = .failed("dispatch pushed \(n) records, more than max \(batch)") }
+        switch status {
+        case .more: break
+        case .end: r.end = .end
+        case .failed(let why): r.end = .failed(why)
+        }
+    }
+    r.records = collector.records
+    withExtendedLifetime(node) {}
+    return r
+}
+
+/// The words a libpcap read error starts with, up to the first number (what the two readers must share).
+func mappedCaseErrorKind(_ message: String) -> String {
+    for kind in ["truncated dump file", "invalid packet capture length"] where message.hasPrefix(kind) { return kind }
+    return message
+}
+
+/// Expects the mapped reader to yield what libpcap yields. Returns false (after recording why) if it does not.
+@discardableResult
+func expectMappedEqualsLibpcap(_ path: String, batch: Int = 7, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
+    let (l, refusal) = mappedCaseLibpcap(path)
+    guard let l else {
+        Issue.record("libpcap refuses \(path): \(refusal)", sourceLocation: sourceLocation)
+        return false
+    }
+    guard let m = mappedCaseMapped(path, batch: batch) else {
+        Issue.record("MappedPcapReader refuses \(path)", sourceLocation: sourceLocation)
+        return false
+    }
+    var same = true
+    if m.linkType != l.linkType {
+        Issue.record("link type: mapped \(m.linkType), libpcap \(l.linkType)", sourceLocation: sourceLocation)
+        same = false
+    }
+    if m.records.count != l.records.count {
+        Issue.record("records before \(String(describing: l.end)): mapped \(m.records.count), libpcap \(l.records.count)",
+                     sourceLocation: sourceLocation)
+        same = false
+    }
+    for (i, (a, b)) in zip(m.records, l.records).enumerated() where a != b {
+        var what: [String] = []
+        if a.bytes != b.bytes { what.append("bytes (\(a.bytes.count) vs \(b.bytes.count))") }
+        if a.wire != b.wire { what.append("wire length \(a.wire) vs \(b.wire)") }
+        if a.seconds != b.seconds || a.nanoseconds != b.nanoseconds {
+            what.append("timestamp \(a.seconds).\(a.nanoseconds) vs \(b.seconds).\(b.nanoseconds)")
+        }
+        if a.linkType != b.linkType { what.append("link type \(a.linkType) vs \(b.linkType)") }
+        Issue.record("record \(i + 1) differs (mapped vs libpcap): \(what.joined(separator: ", "))", sourceLocation: sourceLocation)
+        same = false
+        break
+    }
+    switch (m.end, l.end) {
+    case (.end?, .end?):
+        break
+    case (.failed(let a)?, .failed(let b)?):
+        if mappedCaseErrorKind(a) != mappedCaseErrorKind(b) || !a.hasPrefix(mappedCaseErrorKind(b)) {
+            Issue.record("error: mapped '\(a)', libpcap '\(b)'", sourceLocation: sourceLocation)
+            same = false
+        }
+    default:
+        Issue.record("end: mapped \(String(describing: m.end)), libpcap \(String(describing: l.end))", sourceLocation: sourceLocation)
+        same = false
+    }
+    return same
+}
+
+// MARK: writing captures by hand
+
+/// A classic pcap file written field by field, in either byte order.
+struct HandPcap {
+    var bigEndian: Bool
+    var bytes: [UInt8] = []
+
+    init(bigEndian: Bool = false, nanoseconds: Bool = false, major: UInt16 = 2, minor: UInt16 = 4, snaplen: UInt32 = 65535,
+         linkType: UInt32 = 1) {
+        self.bigEndian = bigEndian
+        u32(nanoseconds ? 0xA1B2_3C4D : 0xA1B2_C3D4)
+        u16(major)
+        u16(minor)
+        u32(0)  // thiszone
+        u32(0)  // sigfigs
+        u32(snaplen)
+        u32(linkType)
+    }
+
+    mutating func u16(_ v: UInt16) {
+        let b = [UInt8(v & 0xFF), UInt8(v >> 8)]
+        bytes += bigEndian ? b.reversed() : b
+    }
+
+    mutating func u32(_ v: UInt32) {
+        let b = [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 24)]
+        bytes += bigEndian ? b.reversed() : b
+    }
+
+    /// A record: header fields as given (caplen defaults to the data's length), then `data`.
+    mutating func record(seconds: UInt32, fraction: UInt32, data: [UInt8], caplen: UInt32? = nil, wire: UInt32? = nil) {
+        u32(seconds)
+        u32(fraction)
+        u32(caplen ?? UInt32(data.count))
+        u32(wire ?? UInt32(data.count))
+        bytes += data
+    }
+
+    /// Writes the file to a fresh temporary path and returns it.
+    func write(_ name: String) throws -> String {
+        let dir = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        let path = "\(dir)/pipesfs-mapped-\(getpid())-\(UInt64.random(in: 0...UInt64.max))-\(name)"
+        guard let f = fopen(path, "w") else { throw FilterError("cannot create \(path)") }
+        defer { fclose(f) }
+        let n = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
+        guard n == bytes.count else { throw FilterError("short write to \(path)") }
+        return path
+    }
+}
+
+/// A recognisable frame of `n` bytes (an Ethernet header, then a counter pattern).
+func handFrame(_ n: Int, seed: UInt8 = 0) -> [UInt8] {
+    let header: [UInt8] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00]
+    return Array((header + (0..<max(0, n - 14)).map { UInt8(truncatingIfNeeded: $0 &+ Int(seed)) }).prefix(n))
+}
+
+/// The corpus directory in the test bundle (as CorpusTests finds it).
+let mappedCorpusDirectory: String? =
+    Bundle.module.url(forResource: "Resources", withExtension: nil)?.appendingPathComponent("corpus").path
+
+let mappedCorpusFiles: [String] = {
+    guard let dir = mappedCorpusDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+    return names.filter { $0.contains(".pcap") }.sorted()
+}()
+
+@Suite("mapped pcap reader equals libpcap")
+struct MappedPcapTests {
+    @Test("every corpus capture it accepts reads as libpcap reads it", arguments: mappedCorpusFiles)
+    func corpus(name: String) throws {
+        let path = try #require(mappedCorpusDirectory) + "/" + name
+        guard MappedPcapReader(path: path) != nil else {
+            // Refused: it must be something other than a classic version 2.4 file (the libpcap path reads it).
+            let head = Array((FileManager.default.contents(atPath: path) ?? Data()).prefix(8))
+            let classic24 = head.count == 8 && (head[0...3] == [0xD4, 0xC3, 0xB2, 0xA1] || head[0...3] == [0x4D, 0x3C, 0xB2, 0xA1])
+                && head[4...7] == [2, 0, 4, 0]
+            #expect(!classic24, "\(name) is classic pcap 2.4 but the mapped reader refused it")
+            return
+        }
+        // Batches of 1, of a few and of many: record boundaries must not depend on where a batch ends.
+        for batch in [1, 7, 256] {
+            expectMappedEqualsLibpcap(path, batch: batch)
+        }
+    }
+
+    @Test("the corpus exercises the mapped reader")
+    func corpusCoverage() throws {
+        let dir = try #require(mappedCorpusDirectory)
+        let accepted = mappedCorpusFiles.filter { MappedPcapReader(path: dir + "/" + $0) != nil }
+        #expect(accepted.count >= 20, "only \(accepted.count) of \(mappedCorpusFiles.count) captures are read by the mapped reader")
+        for known in ["bigtcp-ipv4.pcap", "tcp-handshake-nano.pcap", "timestamp_invalid_nano.pcap", "ppp_ip_udp_dns.pcap"] {
+            #expect(accepted.contains(known), "\(known) should be read by the mapped reader")
+        }
+        for refused in mappedCorpusFiles where refused.hasSuffix(".pcapng") {
+            #expect(!accepted.contains(refused), "\(refused) is pcapng: the libpcap path reads it")
+        }
+    }
+
+    @Test("microsecond and nanosecond magic, both byte orders",
+          arguments: [(false, false), (false, true), (true, false), (true, true)])
+    func magicAndByteOrder(bigEndian: Bool, nanoseconds: Bool) throws {
+        var f = HandPcap(bigEndian: bigEndian, nanoseconds: nanoseconds)
+        let top: UInt32 = nanoseconds ? 999_999_999 : 999_999
+        let records: [(UInt32, UInt32, [UInt8], UInt32?)] = [
+            (1_600_000_000, 0, handFrame(60, seed: 1), nil),
+            (1_600_000_001, 123_456, handFrame(1514, seed: 2), nil),
+            (1_600_000_002, top, handFrame(14, seed: 3), 1500),  // wire longer than captured
+            (0, 1, handFrame(0), 0),  // an empty record
+            (0x7FFF_FFFF, top, handFrame(200, seed: 4), 9000),
+        ]
+        for (s, frac, data, wire) in records { f.record(seconds: s, fraction: frac, data: data, wire: wire) }
+        let path = try f.write("magic.pcap")
+        defer { unlink(path) }
+        #expect(expectMappedEqualsLibpcap(path))
+        // And the values themselves, not only agreement.
+        let m = try #require(mappedCaseMapped(path))
+        #expect(m.end == .end)
+        try #require(m.records.count == records.count)
+        let scale: Int32 = nanoseconds ? 1 : 1000
+        #expect(m.records[1].seconds == 1_600_000_001 && m.records[1].nanoseconds == 123_456 * scale)
+        #expect(m.records[2].nanoseconds == Int32(top) * scale)
+        #expect(m.records[2].wire == 1500 && m.records[2].bytes == handFrame(14, seed: 3))
+        #expect(m.records[1].bytes == handFrame(1514, seed: 2))
+        #expect(m.records[3].bytes.isEmpty)
+        #expect(m.records.allSatisfy { $0.linkType == 1 })
+    }
+
+    @Test("a record longer than the header's snaplen is cut to it, as libpcap cuts it", arguments: [false, true])
+    func caplenAboveSnaplen(bigEndian: Bool) throws {
+        var f = HandPcap(bigEndian: bigEndian, snaplen: 64)
+        f.record(seconds: 1, fraction: 1, data: handFrame(60, seed: 1))
+        f.record(seconds: 2, fraction: 2, data: handFrame(100, seed: 2), wire: 1000)  // caplen 100 > snaplen 64
+        f.record(seconds: 3, fraction: 3, data: handFrame(64, seed: 3))  // the next record is found after all 100 bytes
+        let path = try f.write("oversnap.pcap")
+        defer { unlink(path) }
+        #expect(expectMappedEqualsLibpcap(path))
+        let m = try #require(mappedCaseMapped(path))
+        try #require(m.records.count == 3)
+        #expect(m.records[1].bytes == Array(handFrame(100, seed: 2).prefix(64)))
+        #expect(m.records[1].wire == 1000)
+        #expect(m.records[2].bytes == handFrame(64, seed: 3))
+    }
+
+    @Test("a snaplen of 0 or above 262144 means 262144", arguments: [UInt32(0), 300_000, 0xFFFF_FFFF])
+    func oddSnaplen(snaplen: UInt32) throws {
+        var f = HandPcap(snaplen: snaplen)
+        f.record(seconds: 1, fraction: 1, data: handFrame(70_000, seed: 1))
+        f.record(seconds: 2, fraction: 2, data: handFrame(262_144, seed: 2))
+        let path = try f.write("snaplen.pcap")
+        defer { unlink(path) }
+        #expect(expectMappedEqualsLibpcap(path))
+    }
+
+    @Test("a capture length above 262144 is an error", arguments: [(UInt32(65535), false), (0, false), (65535, true)])
+    func hugeCaplen(snaplen: UInt32, bigEndian: Bool) throws {
+        var f = HandPcap(bigEndian: bigEndian, snaplen: snaplen)
+        f.record(seconds: 1, fraction: 1, data: handFrame(60))
+        f.record(seconds: 2, fraction: 2, data: handFrame(100), caplen: 262_145)
+        let path = try f.write("huge.pcap")
+        defer { unlink(path) }
+        #expect(expectMappedEqualsLibpcap(path))
+        let m = try #require(mappedCaseMapped(path))
+        #expect(m.records.count == 1)
+        guard case .failed(let why)? = m.end else { Issue.record("expected a failure, got \(String(describing: m.end))"); return }
+        #expect(why.hasPrefix("invalid packet capture length 262145"), "\(why)")
+    }
+
+    @Test("a record header cut after 10 bytes is a truncated dump file", arguments: [false, true])
+    func cutHeader(bigEndian: Bool) throws {
+        var f = HandPcap(bigEndian: bigEndian)
+        f.record(seconds: 1, fraction: 1, data: handFrame(60))
+        f.record(seconds: 2, fraction: 2, data: handFrame(60))
+        f.bytes.removeLast(60 + 6)  // 10 of the second record's 16 header bytes remain
+        let path = try f.write("cuthdr.pcap")
+        defer { unlink(path) }
+        #expect(expectMappedEqualsLibpcap(path))
+        let m = try #require(mappedCaseMapped(path))
+        #expect(m.records.count == 1)
+        guard case .failed(let why)? = m.end else { Issue.record("expected a failure, got \(String(describing: m.end))"); return }
+        #expect(why.hasPrefix("truncated dump file"), "\(why)")
+    }
+
+    @Test("a record cut short is a truncated dump file",
+          arguments: [(false, UInt32(65535)), (true, 65535), (false, 64)])  // snaplen 64: the cut record is also over-long
+    func cutRecord(bigEndian: Bool, snaplen: UInt32) throws {
+        var f = HandPcap(bigEndian: bigEndian, snaplen: snaplen)
+        f.record(seconds: 1, fraction: 1, data: handFrame(60))
+        f.record(seconds: 2, fraction: 2, data: handFrame(100))
+        f.bytes.removeLast(60)  // 40 of 100 bytes remain
+        let path = try f.write("cutrec.pcap")
+        defer { unlink(path) }
+        #expect(expectMappedEqualsLibpcap(path))
+        let m = try #require(mappedCaseMapped(path))
+        #expect(m.records.count == 1)
+        guard case .failed(let why)? = m.end else { Issue.record("expected a failure, got \(String(describing: m.end))"); return }
+        #expect(why.hasPrefix("truncated dump file"), "\(why)")
+    }
+
+    @Test("a file of only the 24-byte header has no records", arguments: [false, true])
+    func headerOnly(bigEndian: Bool) throws {
+        let path = try HandPcap(bigEndian: bigEndian, nanoseconds: bigEndian).write("empty.pcap")
+        defer { unlink(path) }
+        #expect(expectMappedEqualsLibpcap(path))
+        let m = try #require(mappedCaseMapped(path))
+        #expect(m.records.isEmpty)
+        #expect(m.end == .end)
+    }
+
+    @Test("pcapng, other versions, other magic and short files go to libpcap (init returns nil)")
+    func refused() throws {
+        var paths: [String] = []
+        defer { for p in paths { unlink(p) } }
+        // Version 2.3 (caplen and len may be swapped) and 2.2 (they are): libpcap reads them, the mapped reader does not.
+        for minor: UInt16 in [3, 2] {
+            for big in [false, true] {
+                var f = HandPcap(bigEndian: big, minor: minor)
+                f.record(seconds: 1, fraction: 1, data: handFrame(60), wire: 40)  // caplen > len: swapped in 2.3
+                let p = try f.write("v2\(minor).pcap")
+                paths.append(p)
+                #expect(MappedPcapReader(path: p) == nil, "version 2.\(minor), big-endian \(big)")
+                #expect(mappedCaseLibpcap(p).0 != nil, "libpcap reads version 2.\(minor)")
+            }
+        }
+        // pcapng: the corpus's, and a minimal one written here (section header block only).
+        if let dir = mappedCorpusDirectory {
+            for name in mappedCorpusFiles where name.hasSuffix(".pcapng") {
+                #expect(MappedPcapReader(path: dir + "/" + name) == nil, "\(name)")
+            }
+        }
+        var shb = HandPcap()
+        shb.bytes = []
+        shb.u32(0x0A0D_0D0A)  // block type
+        shb.u32(28)  // block length
+        shb.u32(0x1A2B_3C4D)  // byte-order magic
+        shb.u16(1)
+        shb.u16(0)  // version 1.0
+        shb.u32(0xFFFF_FFFF)
+        shb.u32(0xFFFF_FFFF)  // section length: unknown
+        shb.u32(28)
+        let ng = try shb.write("min.pcapng")
+        paths.append(ng)
+        #expect(MappedPcapReader(path: ng) == nil, "pcapng")
+        #expect(mappedCaseLibpcap(ng).0 != nil, "libpcap reads the minimal pcapng")
+        // Kuznetzov's modified pcap (a longer record header), a text file, and files shorter than the header.
+        var kuz = HandPcap()
+        kuz.bytes.replaceSubrange(0..<4, with: [0x34, 0xCD, 0xB2, 0xA1])
+        let k = try kuz.write("kuz.pcap")
+        paths.append(k)
+        #expect(MappedPcapReader(path: k) == nil, "modified pcap (0xa1b2cd34)")
+        var text = HandPcap()
+        text.bytes = Array("these are notes, not packets, really not\n".utf8)
+        let t = try text.write("notes.txt")
+        paths.append(t)
+        #expect(MappedPcapReader(path: t) == nil, "text")
+        for n in [0, 4, 23] {
+            var short = HandPcap()
+            short.bytes.removeLast(24 - n)
+            let s = try short.write("short\(n).pcap")
+            paths.append(s)
+            #expect(MappedPcapReader(path: s) == nil, "\(n)-byte file")
+        }
+        #expect(MappedPcapReader(path: "/nonexistent-\(getpid())/x.pcap") == nil)
+    }
+
+    @Test("out-of-range fractions are normalized as the libpcap path normalizes them")
+    func oddTimestamps() throws {
+        for nano in [false, true] {
+            var f = HandPcap(nanoseconds: nano)
+            f.record(seconds: 1_400_000_000, fraction: nano ? 1_000_000_000 : 1_000_000, data: handFrame(60, seed: 1))
+            f.record(seconds: 1_400_000_000, fraction: nano ? 0x8000_0000 : 2_000_000, data: handFrame(60, seed: 2))
+            f.record(seconds: 1_400_000_000, fraction: nano ? 0xFFFF_FFFF : 4_294_967, data: handFrame(60, seed: 3))
+            let path = try f.write("oddts.pcap")
+            defer { unlink(path) }
+            #expect(expectMappedEqualsLibpcap(path), "\(nano ? "nanosecond" : "microsecond") fractions")
+        }
+    }
+
+    @Test("link types in the file header map to libpcap's DLT values",
+          arguments: [UInt32(1), 101, 113, 228, 229, 276, 0x3000_0001, 147, 100, 106, 108])
+    func linkTypes(linkType: UInt32) throws {
+        var f = HandPcap(linkType: linkType)
+        f.record(seconds: 1, fraction: 1, data: handFrame(60))
+        let path = try f.write("lt.pcap")
+        defer { unlink(path) }
+        #expect(expectMappedEqualsLibpcap(path), "LINKTYPE \(linkType)")
+    }
+
+    @Test("through the pcap source: records up to the damage, then libpcap's reason in .errors",
+          arguments: ["cutrec", "huge", "whole"])
+    func throughTheSource(kind: String) throws {
+        var f = HandPcap(nanoseconds: true)
+        for i in 0..<300 { f.record(seconds: UInt32(1_600_000_000 + i), fraction: UInt32(i), data: handFrame(60 + i % 50, seed: UInt8(i & 0xFF))) }
+        switch kind {
+        case "cutrec":
+            f.record(seconds: 9, fraction: 9, data: handFrame(100))
+            f.bytes.removeLast(60)
+        case "huge":
+            f.record(seconds: 9, fraction: 9, data: handFrame(100), caplen: 300_000)
+        default:
+            break
+        }
+        let path = try f.write("source.pcap")
+        defer { unlink(path) }
+        let (libpcap, _) = mappedCaseLibpcap(path)
+        let l = try #require(libpcap)
+        #expect(expectMappedEqualsLibpcap(path))
+
+        let c = Controller()
+        defer { c.shutdown() }
+        let node = try c.addSource("x=pcap:\(path),paused")
+        let ring = TapRing(capacity: 1 << 20, policy: .block)
+        c.space.lock.withLock {
+            c.space.addTap(node, ring, .raw)
+            c.space.refresh()
+        }
+        try c.control(node, "start")
+        let deadline = monotonicNanoseconds() + 20_000_000_000
+        var got: [UInt8] = []
+        while monotonicNanoseconds() < deadline {
+            while ring.available > 0 {
+                ring.read(max: 1 << 20, id: 1) { o in
+                    if case .data(let x, let y) = o { got += Array(x) + Array(y) }
+                }
+            }
+            if ring.isEnded && ring.available == 0 { break }
+            var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+            nanosleep(&ts, nil)
+        }
+        #expect(ring.isEnded, "the stream should end")
+        #expect(got == l.records.flatMap(\.bytes), "the tap holds libpcap's records")
+        #expect(c.statsText(node).contains("packets_read: \(l.records.count)\n"), "\(c.statsText(node))")
+        let errors = c.errors.text
+        switch l.end {
+        case .failed(let why)?:
+            let kind = mappedCaseErrorKind(why)
+            #expect(errors.contains("source x: '\(path)' is damaged after \(l.records.count) packets: \(kind)"),
+                    "libpcap: '\(why)'; .errors: '\(errors)'")
+        default:
+            #expect(errors.isEmpty, "\(errors)")
+        }
+    }
+}
