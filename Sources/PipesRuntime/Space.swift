@@ -15,6 +15,9 @@ public final class Space: @unchecked Sendable {
     private var nextID: UInt64 = 16
     private var wake: [TapRing] = []
     private var congested: [TapRing] = []
+    /// Spare lists swapped with `wake`/`congested` at the end of a batch, so finishing a batch allocates nothing.
+    private var spareWake: [TapRing] = []
+    private var spareCongested: [TapRing] = []
     private var congestedCount = 0
 
     /// Receives one-line error reports from sources (the filesystem appends them to `/.errors`).
@@ -111,20 +114,30 @@ public final class Space: @unchecked Sendable {
     /// `stopRequested`) until congested lossless taps drained.
     public func finishBatch(mayWait: Bool, stopRequested: () -> Bool = { false }) {
         lock.lock()
-        let w = wake
-        let c = congested
-        wake.removeAll(keepingCapacity: true)
-        congested.removeAll(keepingCapacity: true)
+        if wake.isEmpty && congested.isEmpty { lock.unlock(); return }
+        // Swap in the spares (emptied, with capacity) and work on the full lists outside the lock.
+        var w = spareWake, c = spareCongested
+        spareWake = []
+        spareCongested = []
+        swap(&w, &wake)
+        swap(&c, &congested)
         congestedCount = 0
         lock.unlock()
         for r in w { r.serviceWaiters() }
-        guard mayWait else { return }
-        for r in c {
-            r.serviceWaiters()
-            while !r.waitUntilDrained(timeoutNanoseconds: 100_000_000) {
-                if stopRequested() { return }
+        if mayWait {
+            outer: for r in c {
+                r.serviceWaiters()
+                while !r.waitUntilDrained(timeoutNanoseconds: 100_000_000) {
+                    if stopRequested() { break outer }
+                }
             }
         }
+        w.removeAll(keepingCapacity: true)
+        c.removeAll(keepingCapacity: true)
+        lock.lock()
+        if spareWake.capacity < w.capacity { spareWake = w }
+        if spareCongested.capacity < c.capacity { spareCongested = c }
+        lock.unlock()
     }
 
     /// Writes `bytes` into `node`'s output (or, for input-injectable filters, its input), as one block.

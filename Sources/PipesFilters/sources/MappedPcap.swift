@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CPcap
 import PipesRuntime
 
 /// A zero-copy reader for classic pcap files: the file is mapped and records are handed to the graph in place,
@@ -20,8 +21,22 @@ final class MappedPcapReader {
     private let maxCaptureLength: UInt32 = 262_144
     private let snapshot: UInt32
 
-    /// Maps `path` if it is a classic pcap file; nil otherwise (use libpcap).
-    init?(path: String) {
+    /// Link types whose records libpcap rewrites or whose capture-length limit is not 262144: read via libpcap.
+    private static let libpcapOnly: Set<Int32> = [117, 189, 220, 231, 239, 249, 279]
+    /// Link types whose pseudo-headers libpcap byte-swaps in files of the other byte order.
+    private static let swappedPseudoHeaders: Set<Int32> = [113, 276, 189, 220, 239]
+
+    /// Maps `path` if it is a classic pcap file this reader reads exactly as libpcap does; nil otherwise (use
+    /// libpcap). `linkType` is libpcap's DLT value for the file (`pcap_datalink`); nil asks libpcap.
+    init?(path: String, linkType dlt: LinkType? = nil) {
+        var libpcapType = dlt
+        if libpcapType == nil {
+            var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
+            guard let h = pcap_open_offline(path, &err) else { return nil }
+            libpcapType = LinkType(rawValue: pcap_datalink(h))
+            pcap_close(h)
+        }
+        guard let lt = libpcapType, !Self.libpcapOnly.contains(lt.rawValue) else { return nil }
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         var st = stat()
@@ -47,11 +62,11 @@ final class MappedPcapReader {
         self.fd = fd
         base = UnsafeRawPointer(m)
         size = Int(st.st_size)
-        var lt = m.loadUnaligned(fromByteOffset: 20, as: UInt32.self)
-        if swapped { lt = lt.byteSwapped }
-        // The low 16 bits are the link type; the rest are FCS flags (LINKTYPE_* to DLT_* as libpcap does).
-        let ltv = Int32(lt & 0xFFFF)
-        linkType = LinkType(rawValue: ltv == 101 ? 12 : ltv)
+        if swapped && Self.swappedPseudoHeaders.contains(lt.rawValue) {
+            munmap(m, Int(st.st_size)); close(fd); return nil
+        }
+        // Blocks carry libpcap's DLT value (LINKTYPE_* in the file maps to DLT_*, e.g. 100 to 11, 101 to 12).
+        linkType = lt
         madvise(m, size, MADV_SEQUENTIAL)
     }
 
@@ -93,8 +108,9 @@ final class MappedPcapReader {
             // As libpcap: a record longer than the file's snapshot length is cut to it.
             let seen = min(caplen, snapshot)
             let ns = nanoseconds ? Int64(frac) : Int64(frac) * 1000
+            // libpcap 1.10 reads ts_sec as signed 32 bits.
             var b = Block(bytes: UnsafeRawBufferPointer(start: base + data, count: Int(seen)), wireLength: Int(len),
-                          seconds: Int64(sec) &+ ns / 1_000_000_000, nanoseconds: Int32(ns % 1_000_000_000),
+                          seconds: Int64(Int32(bitPattern: sec)) &+ ns / 1_000_000_000, nanoseconds: Int32(ns % 1_000_000_000),
                           linkType: linkType)
             offset = data + Int(caplen)
             count += 1

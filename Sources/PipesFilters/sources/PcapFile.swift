@@ -57,7 +57,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         let h = try PcapFileSource.open(p)
         handle = h
         linkType = LinkType(rawValue: pcap_datalink(h))
-        mapped = MappedPcapReader(path: p)
+        mapped = MappedPcapReader(path: p, linkType: linkType)
     }
 
     static func open(_ path: String) throws(FilterError) -> OpaquePointer {
@@ -215,7 +215,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         handle = nil
         do {
             handle = try PcapFileSource.open(path)
-            mapped = MappedPcapReader(path: path)
+            mapped = MappedPcapReader(path: path, linkType: handle.map { LinkType(rawValue: pcap_datalink($0)) })
         } catch {
             let msg = "source \(node?.name ?? "?"): \(error.message)"
             state.withLock { lastError = msg; _finished = true }
