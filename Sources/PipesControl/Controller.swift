@@ -264,7 +264,7 @@ public final class Controller: @unchecked Sendable {
             do { selector = try ClassSelector.parse(newName, names: np.descriptor.classNames) } catch {
                 throw fail(op, ControlError(EINVAL, error.message))
             }
-        } else if newName != n.name && !n.isSource {
+        } else if newName != n.name && !n.isSource && !(n.filter is any InputInjectable) {
             let (oldF, oldA) = Controller.splitName(n.name)
             let (newF, newA) = Controller.splitName(newName)
             let isJunction = n.descriptor.name == FilterLibrary.junction.name

@@ -73,10 +73,15 @@ struct Mount: ParsableCommand {
         if geteuid() == 0 && !userOptions.contains("noallow_other") { fuseOptions.append("allow_other") }
         fuseOptions += userOptions.filter { $0 != "noallow_other" }
 
-        let spoolDirectory = spool ?? currentDirectory()
-        guard let sp = fileStatus(spoolDirectory), (sp.st_mode & Glibc.S_IFMT) == Glibc.S_IFDIR else {
-            fail("spool directory \(spoolDirectory) is not a directory")
+        // Absolute, since the daemon changes to / before it changes to the spool.
+        let spoolGiven = spool ?? currentDirectory()
+        guard let sp = fileStatus(spoolGiven), (sp.st_mode & Glibc.S_IFMT) == Glibc.S_IFDIR,
+              let spoolReal = realpath(spoolGiven, nil)
+        else {
+            fail("spool directory \(spoolGiven) is not a directory")
         }
+        let spoolDirectory = String(cString: spoolReal)
+        free(spoolReal)
         let real = realpath(mountPoint, nil)
         let mp = real.map { String(cString: $0) } ?? mountPoint
         free(real)

@@ -40,7 +40,7 @@ public final class PcapOut: Filter {
     @inline(__always)
     public func process(_ block: inout Block) -> UInt32 {
         if linkType == nil { writeHeader(block.linkType) }
-        if block.linkType == linkType, let f = file {
+        if let lt = linkType, block.linkType.sameFraming(lt), let f = file {
             var r: (UInt32, UInt32, UInt32, UInt32) = (UInt32(truncatingIfNeeded: block.seconds), UInt32(truncatingIfNeeded: max(0, block.nanoseconds) / 1000),
                                                        UInt32(block.count), UInt32(truncatingIfNeeded: block.wireLength))
             withUnsafeBytes(of: &r) { _ = fwrite($0.baseAddress, 1, 16, f) }
