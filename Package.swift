@@ -39,12 +39,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "PipesBufferingTests", dependencies: ["PipesBuffering"]),
-        .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime", "PipesBuffering"]),
+        .target(name: "PipesTestSupport", dependencies: ["PipesRuntime", "PipesBuffering"], path: "Tests/PipesTestSupport"),
+        .testTarget(name: "PipesBufferingTests", dependencies: ["PipesBuffering", "PipesTestSupport"]),
+        .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime", "PipesBuffering", "PipesTestSupport"]),
         .testTarget(
-            name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap"],
+            name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap", "PipesTestSupport"],
             resources: [.copy("Resources")]
         ),
-        .testTarget(name: "PipesFSTests", dependencies: ["PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering"]),
+        .testTarget(name: "PipesFSTests", dependencies: ["PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering", "PipesTestSupport"]),
     ]
 )

@@ -2,12 +2,13 @@
 import Glibc
 #endif
 import PipesBuffering
+import PipesTestSupport
 import Testing
 
 // MARK: helpers
 
 /// What one delivery handed the reader, copied out of the ring (the pointers die with the call).
-enum Got: Equatable, CustomStringConvertible {
+enum Got: Equatable, CustomStringConvertible, DeliveryCopy {
     case data([UInt8], firstSegment: Int, secondSegment: Int)
     case end
     case error(Int32)
@@ -35,21 +36,7 @@ enum Got: Equatable, CustomStringConvertible {
 }
 
 /// Collects deliveries (possibly from another thread).
-final class Deliveries: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private var items: [Got] = []
-
-    func add(_ o: ReadOutcome) {
-        let g = Got(o)
-        lock.withLock {
-            items.append(g)
-            lock.broadcast()
-        }
-    }
-
-    var all: [Got] { lock.withLock { items } }
-    var count: Int { lock.withLock { items.count } }
-}
+typealias Deliveries = DeliveryLog<Got>
 
 /// Appends a body (and optional header) given as byte arrays.
 @discardableResult
@@ -72,18 +59,15 @@ func readNow(_ ring: TapRing, max: Int, nonBlocking: Bool = false, interrupted: 
     return d.all.first
 }
 
-func pattern(_ n: Int, seed: Int = 0) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: ($0 &* 31 &+ seed) % 251) } }
-
-/// Polls `condition` until it holds or `seconds` pass.
-func eventually(within seconds: Double = 5, _ condition: () -> Bool) -> Bool {
-    let deadline = monotonicNanoseconds() + Int64(seconds * 1e9)
-    while monotonicNanoseconds() < deadline {
-        if condition() { return true }
-        var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
-        nanosleep(&ts, nil)
-    }
-    return condition()
+/// Starts a read that must park (nothing to read yet) and returns where its delivery lands.
+func parkedRead(_ ring: TapRing, max: Int, id: UInt64, sourceLocation: SourceLocation = #_sourceLocation) -> Deliveries {
+    let d = Deliveries()
+    let atOnce = ring.read(max: max, id: id) { d.add($0) }
+    #expect(!atOnce, "the read should have parked", sourceLocation: sourceLocation)
+    return d
 }
+
+func pattern(_ n: Int, seed: Int = 0) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: ($0 &* 31 &+ seed) % 251) } }
 
 // MARK: tests
 
@@ -198,34 +182,26 @@ struct TapRingTests {
         #expect(monotonicNanoseconds() - t0 >= 15_000_000, "the wait should have lasted about its timeout")
 
         // A producer thread waits; a read below high water releases it.
-        final class Result: @unchecked Sendable {
-            let lock = ConditionLock()
-            var started = false
-            var value: Bool?
-        }
-        let result = Result()
+        let started = Locked(false)
+        let result = Locked<Bool?>(nil)
         startThread(name: "waiter") {
-            result.lock.withLock { result.started = true }
-            let ok = ring.waitUntilDrained(timeoutNanoseconds: 10_000_000_000)
-            result.lock.withLock { result.value = ok }
+            started.value = true
+            result.value = ring.waitUntilDrained(timeoutNanoseconds: 10_000_000_000)
         }
-        #expect(eventually { result.lock.withLock { result.started } })
+        #expect(eventually { started.value })
         // Give the waiter a moment to block (the outcome is the same if it has not yet).
-        var ts = timespec(tv_sec: 0, tv_nsec: 5_000_000)
-        nanosleep(&ts, nil)
-        #expect(result.lock.withLock { result.value } == nil, "the producer must still be waiting")
+        pause(nanoseconds: 5_000_000)
+        #expect(result.value == nil, "the producer must still be waiting")
         #expect(readNow(ring, max: 100)?.bytes?.count == 100)
-        #expect(eventually { result.lock.withLock { result.value } != nil })
-        #expect(result.lock.withLock { result.value } == true)
+        #expect(eventually { result.value != nil })
+        #expect(result.value == true)
         #expect(!ring.isCongested)
     }
 
     @Test("a read on an empty ring parks and is delivered by serviceWaiters, not by append")
     func parkedReadDeliveredByServiceWaiters() throws {
         let ring = TapRing(capacity: 4096, policy: .drop)
-        let d = Deliveries()
-        let atOnce = ring.read(max: 3, id: 1) { d.add($0) }
-        #expect(!atOnce)
+        let d = parkedRead(ring, max: 3, id: 1)
         #expect(d.count == 0)
 
         let r = append(ring, Array("hello".utf8))
@@ -252,29 +228,23 @@ struct TapRingTests {
     @Test("the readable notifier is called by serviceWaiters when data is there")
     func readableNotifier() {
         let ring = TapRing(capacity: 4096, policy: .drop)
-        final class Counter: @unchecked Sendable {
-            let lock = ConditionLock()
-            var n = 0
-        }
-        let c = Counter()
-        ring.setReadableNotifier { c.lock.withLock { c.n += 1 } }
+        let notified = Locked(0)
+        ring.setReadableNotifier { notified.update { $0 += 1 } }
         ring.serviceWaiters()
-        #expect(c.lock.withLock { c.n } == 0, "nothing to read: no notification")
+        #expect(notified.value == 0, "nothing to read: no notification")
         #expect(append(ring, [1]).contains(.becameReadable))
         ring.serviceWaiters()
-        #expect(c.lock.withLock { c.n } == 1)
+        #expect(notified.value == 1)
         ring.setReadableNotifier(nil)
         ring.serviceWaiters()
-        #expect(c.lock.withLock { c.n } == 1)
+        #expect(notified.value == 1)
     }
 
     @Test("cancel(id:) answers that parked read with EINTR and leaves others parked")
     func cancelGivesEINTR() {
         let ring = TapRing(capacity: 4096, policy: .drop)
-        let d7 = Deliveries()
-        let d8 = Deliveries()
-        #expect(!ring.read(max: 10, id: 7) { d7.add($0) })
-        #expect(!ring.read(max: 10, id: 8) { d8.add($0) })
+        let d7 = parkedRead(ring, max: 10, id: 7)
+        let d8 = parkedRead(ring, max: 10, id: 8)
         ring.cancel(id: 42)  // unknown: no-op
         #expect(d7.count == 0 && d8.count == 0)
         ring.cancel(id: 7)
@@ -304,10 +274,8 @@ struct TapRingTests {
     @Test("closeReader ends parked reads; the producer stops writing and stops waiting")
     func closeReaderEndsParkedReads() {
         let ring = TapRing(capacity: 4096, policy: .block)
-        let a = Deliveries()
-        let b = Deliveries()
-        #expect(!ring.read(max: 10, id: 1) { a.add($0) })
-        #expect(!ring.read(max: 10, id: 2) { b.add($0) })
+        let a = parkedRead(ring, max: 10, id: 1)
+        let b = parkedRead(ring, max: 10, id: 2)
         ring.closeReader()
         #expect(a.all == [.end])
         #expect(b.all == [.end])
@@ -324,18 +292,13 @@ struct TapRingTests {
     func closeReaderReleasesProducer() {
         let ring = TapRing(capacity: 4096, policy: .block)
         #expect(append(ring, pattern(2500)).contains(.congested))
-        final class Result: @unchecked Sendable {
-            let lock = ConditionLock()
-            var value: Bool?
-        }
-        let result = Result()
+        let result = Locked<Bool?>(nil)
         startThread(name: "waiter") {
-            let ok = ring.waitUntilDrained(timeoutNanoseconds: 10_000_000_000)
-            result.lock.withLock { result.value = ok }
+            result.value = ring.waitUntilDrained(timeoutNanoseconds: 10_000_000_000)
         }
         ring.closeReader()
-        #expect(eventually { result.lock.withLock { result.value } != nil })
-        #expect(result.lock.withLock { result.value } == true)
+        #expect(eventually { result.value != nil })
+        #expect(result.value == true)
     }
 
     @Test("endOfStream: buffered data first, then end; parked reads get end")
@@ -352,8 +315,7 @@ struct TapRingTests {
         #expect(readNow(ring, max: 2) == .end)
 
         let other = TapRing(capacity: 4096, policy: .drop)
-        let d = Deliveries()
-        #expect(!other.read(max: 5, id: 3) { d.add($0) })
+        let d = parkedRead(other, max: 5, id: 3)
         other.endOfStream()
         #expect(d.all == [.end], "endOfStream services parked readers")
     }
@@ -377,8 +339,7 @@ struct ConditionLockTests {
         final class Flag: @unchecked Sendable { var set = false }
         let flag = Flag()
         startThread(name: "signaller") {
-            var ts = timespec(tv_sec: 0, tv_nsec: 2_000_000)
-            nanosleep(&ts, nil)
+            pause(nanoseconds: 2_000_000)
             l.withLock { flag.set = true; l.broadcast() }
         }
         let ok = l.withLock { () -> Bool in

@@ -1,6 +1,7 @@
 import CPcap
 import PipesFilters
 import PipesRuntime
+import PipesTestSupport
 import Testing
 
 /// libpcap's own error for an expression, compiled the same way (or nil if it compiles).
@@ -96,7 +97,7 @@ struct BPFTests {
         // DLT_RAW (12) is what libpcap reports for a LINKTYPE_RAW capture.
         #expect(classify(bpf, Pkt.rawTCP4(dport: 80), .dltRaw12) == 1)
         #expect(classify(bpf, Pkt.rawTCP4(dport: 81), .dltRaw12) == 0)
-        let sll: [UInt8] = be16(0) + be16(1) + be16(6) + Pkt.macA + [0, 0] + be16(0x0800) + Pkt.rawTCP4(dport: 80)
+        let sll = Pkt.linuxSLL(protocol: 0x0800, Pkt.rawTCP4(dport: 80))
         #expect(classify(bpf, sll, .linuxSLL) == 1)
         #expect(classify(bpf, Pkt.ethTCP4(dport: 80)) == 1, "back to Ethernet")
         // A link type libpcap cannot compile for: nothing matches.
@@ -109,7 +110,7 @@ struct BPFTests {
         try bpf.attach(streamLinkType: .linuxSLL)
         try bpf.attach(streamLinkType: nil)
         try bpf.attach(streamLinkType: .user)
-        let sll: [UInt8] = be16(0) + be16(1) + be16(6) + Pkt.macA + [0, 0] + be16(0x0800) + Pkt.rawTCP4()
+        let sll = Pkt.linuxSLL(protocol: 0x0800, Pkt.rawTCP4())
         #expect(classify(bpf, sll, .linuxSLL) == 1)
 
         let ether = try make("bpf", "ether host 00:11:22:33:44:55")

@@ -5,6 +5,7 @@ import CPcap
 import Foundation
 import PipesFilters
 import PipesRuntime
+import PipesTestSupport
 import Testing
 
 /// The tcpdump test captures copied into Resources/corpus (BSD licence alongside).
@@ -40,13 +41,6 @@ func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
     return out
 }
 
-/// Opens a capture the way the pcap file source does (nanosecond timestamps); nil and libpcap's reason if refused.
-func openLikeSource(_ path: String) -> (OpaquePointer?, String) {
-    var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
-    let h = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &err)
-    return (h, String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
-}
-
 /// Runs every filter over every packet of one capture, with blocks made exactly as `PcapFileSource` makes them.
 /// Returns the problems found (empty: it survived). Runs in a child process, so a crash fails only this file.
 /// `outPath` is where the pcapout filter writes (the caller removes it, also after a crash).
@@ -54,7 +48,7 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
     var problems: [String] = []
     let filters: [(String, any Filter)]
     do { filters = try everyFilter(pcapOutPath: outPath) } catch { return ["cannot make the filters: \(error)"] }
-    let (handle, reason) = openLikeSource(path)
+    let (handle, reason) = openCapture(path, nanoseconds: true)  // as the pcap file source opens it
     guard let h = handle else { return ["libpcap refuses it: \(reason)"] }
     defer { pcap_close(h) }
     let linkType = LinkType(rawValue: pcap_datalink(h))
@@ -105,6 +99,16 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
     return problems
 }
 
+/// `runEveryFilter` in a child process: writes each problem to standard error, then exits (1 if there were any).
+func runEveryFilterAndExit(over path: String, outPath: String) -> Never {
+    let problems = runEveryFilter(over: path, outPath: outPath)
+    for p in problems {
+        let line = Array("problem: \(p)\n".utf8)
+        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+    exit(problems.isEmpty ? 0 : 1)
+}
+
 @Suite("corpus")
 struct CorpusTests {
     @Test("the corpus is in the test bundle, with its licence")
@@ -122,7 +126,7 @@ struct CorpusTests {
         let path = Corpus.path(file)
 
         // What libpcap thinks of the file, first: only its refusal may skip the file.
-        let (probe, reason) = openLikeSource(path)
+        let (probe, reason) = openCapture(path, nanoseconds: true)
         guard let probe else {
             Issue.record("skipped \(file): libpcap refuses it: \(reason)", severity: .warning)
             try Test.cancel("libpcap refuses \(file): \(reason)")
@@ -138,22 +142,12 @@ struct CorpusTests {
         defer { unlink(outPath) }
         let survived = await #expect(processExitsWith: .success, observing: [\.standardErrorContent],
                                    "every filter must survive \(file)") { [path = path as String, outPath = outPath as String] in
-            let problems = runEveryFilter(over: path, outPath: outPath)
-            for p in problems {
-                let line = Array("problem: \(p)\n".utf8)
-                _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-            }
-            exit(problems.isEmpty ? 0 : 1)
+            runEveryFilterAndExit(over: path, outPath: outPath)
         }
         if survived == nil {
             // It failed: run it again only to collect what the child said (problems, or the crash site).
             let again = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) { [path = path as String, outPath = outPath as String] in
-                let problems = runEveryFilter(over: path, outPath: outPath)
-                for p in problems {
-                    let line = Array("problem: \(p)\n".utf8)
-                    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-                }
-                exit(problems.isEmpty ? 0 : 1)
+                runEveryFilterAndExit(over: path, outPath: outPath)
             }
             let err = String(decoding: again?.standardErrorContent ?? [], as: UTF8.self)
             let relevant = err.split(separator: "\n").filter {

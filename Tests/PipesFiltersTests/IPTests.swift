@@ -1,5 +1,6 @@
 import PipesFilters
 import PipesRuntime
+import PipesTestSupport
 import Testing
 
 @Suite("ip")
@@ -14,7 +15,7 @@ struct IPTests {
         #expect(classify(ip, Pkt.rawTCP4(), .raw) == 1)
         #expect(classify(ip, Pkt.rawTCP4(), .ipv4) == 1)
         // Linux cooked capture: 14 bytes of header, protocol, then the packet.
-        let sll: [UInt8] = be16(0) + be16(1) + be16(6) + Pkt.macA + [0, 0] + be16(0x0800) + Pkt.rawTCP4()
+        let sll = Pkt.linuxSLL(protocol: 0x0800, Pkt.rawTCP4())
         #expect(classify(ip, sll, .linuxSLL) == 1)
     }
 

@@ -1,12 +1,12 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CPcap
 import Foundation
 import PipesBuffering
 import PipesControl
 @testable import PipesFilters
 import PipesRuntime
+import PipesTestSupport
 import Testing
 
 // The zero-copy classic-pcap reader (MappedPcapReader) must read exactly what libpcap reads: the same records
@@ -42,53 +42,27 @@ struct MappedCaseRead {
 /// Reads `path` with libpcap as `PcapFileSource` opens it; nil and libpcap's reason when it refuses the file.
 /// Timestamps are normalized as `PcapDispatcher` normalizes them (libpcap's path into the graph).
 func mappedCaseLibpcap(_ path: String) -> (MappedCaseRead?, String) {
-    var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
-    guard let h = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &err) else {
-        return (nil, String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
-    }
-    defer { pcap_close(h) }
     var r = MappedCaseRead()
-    r.linkType = pcap_datalink(h)
-    while r.end == nil {
-        var hdr: UnsafeMutablePointer<pcap_pkthdr>?
-        var data: UnsafePointer<UInt8>?
-        let rc = pcap_next_ex(h, &hdr, &data)
-        if rc == 1, let hdr, let data {
-            let frac = Int64(UInt32(truncatingIfNeeded: hdr.pointee.ts.tv_usec))
-            r.records.append(MappedCaseRecord(
-                bytes: Array(UnsafeRawBufferPointer(start: data, count: Int(hdr.pointee.caplen))),
-                wire: Int(hdr.pointee.len),
-                seconds: Int64(hdr.pointee.ts.tv_sec) &+ frac / 1_000_000_000,
-                nanoseconds: Int32(frac % 1_000_000_000), linkType: r.linkType))
-        } else if rc == PCAP_ERROR_BREAK {
-            r.end = .end
-        } else {
-            r.end = .failed(String(cString: pcap_geterr(h)))
-        }
+    let read = readCapture(path, nanoseconds: true) { bytes, hdr in
+        let frac = Int64(UInt32(truncatingIfNeeded: hdr.ts.tv_usec))
+        r.records.append(MappedCaseRecord(bytes: Array(bytes), wire: Int(hdr.len),
+                                          seconds: Int64(hdr.ts.tv_sec) &+ frac / 1_000_000_000,
+                                          nanoseconds: Int32(frac % 1_000_000_000), linkType: -1))
     }
+    if let refusal = read.openError { return (nil, refusal) }
+    r.linkType = read.linkType
+    for i in r.records.indices { r.records[i].linkType = read.linkType }
+    r.end = read.readError.map { .failed($0) } ?? .end
     return (r, "")
 }
-
-/// Copies every block that reaches it.
-final class MappedCaseCollector: Filter {
-    var records: [MappedCaseRecord] = []
-    func process(_ block: inout Block) -> UInt32 {
-        records.append(MappedCaseRecord(bytes: Array(block.bytes), wire: block.wireLength, seconds: block.seconds,
-                                        nanoseconds: block.nanoseconds, linkType: block.linkType.rawValue))
-        return 1
-    }
-}
-
-let mappedCaseDescriptor = FilterDescriptor(name: "collect", summary: "test collector", usage: "collect",
-                                            structuralClass: .sink) { _ throws(FilterError) in MappedCaseCollector() }
 
 /// Reads `path` with `MappedPcapReader` into a node, `batch` records per dispatch, as the source thread does;
 /// nil when the reader refuses the file (the source then uses libpcap).
 func mappedCaseMapped(_ path: String, batch: Int = 7) -> MappedCaseRead? {
     guard let reader = MappedPcapReader(path: path) else { return nil }
     let space = Space()
-    let collector = MappedCaseCollector()
-    let node = Node(id: space.allocateID(), name: "x", descriptor: mappedCaseDescriptor, filter: collector)
+    let collector = RecordingFilter(forwardAs: 1)
+    let node = handMadeNode(space, "x", collector)
     space.lock.withLock { space.attach(node, under: nil) }
     var r = MappedCaseRead()
     r.linkType = reader.linkType.rawValue
@@ -97,13 +71,13 @@ func mappedCaseMapped(_ path: String, batch: Int = 7) -> MappedCaseRead? {
         calls += 1
         if calls > 1_000_000 { r.end = .failed("MappedPcapReader never ended"); break }
         var n = -1
-        let before = collector.records.count
+        let before = collector.seen.count
         space.lock.lock()
         let status = reader.dispatch(space: space, node: Unmanaged.passUnretained(node), max: batch, count: &n)
         space.lock.unlock()
         space.finishBatch(mayWait: false)
-        if n != collector.records.count - before {
-            r.end = .failed("dispatch reported \(n) records but pushed \(collector.records.count - before)")
+        if n != collector.seen.count - before {
+            r.end = .failed("dispatch reported \(n) records but pushed \(collector.seen.count - before)")
             break
         }
         if n > batch {
@@ -116,7 +90,10 @@ func mappedCaseMapped(_ path: String, batch: Int = 7) -> MappedCaseRead? {
         case .failed(let why): r.end = .failed(why)
         }
     }
-    r.records = collector.records
+    r.records = collector.seen.map {
+        MappedCaseRecord(bytes: $0.bytes, wire: $0.wireLength, seconds: $0.seconds, nanoseconds: $0.nanoseconds,
+                         linkType: $0.linkType.rawValue)
+    }
     withExtendedLifetime(node) {}
     return r
 }
@@ -179,76 +156,41 @@ func expectMappedEqualsLibpcap(_ path: String, batch: Int = 7, mayRefuse: Bool =
     return same
 }
 
-// MARK: writing captures by hand
+/// Writes `file` to a temporary path (ending in `name`), expects the mapped reader to read it as libpcap does
+/// (`expectMappedEqualsLibpcap`), removes it, and returns what the mapped reader read (nil when it refused the file).
+@discardableResult
+func expectAgreement(_ file: HandPcap, _ name: String, mayRefuse: Bool = false, _ comment: Comment? = nil,
+                     sourceLocation: SourceLocation = #_sourceLocation) throws -> MappedCaseRead? {
+    let path = try file.write(name)
+    defer { unlink(path) }
+    #expect(expectMappedEqualsLibpcap(path, mayRefuse: mayRefuse, sourceLocation: sourceLocation), comment,
+            sourceLocation: sourceLocation)
+    return mappedCaseMapped(path)
+}
 
-/// A classic pcap file written field by field, in either byte order.
-struct HandPcap {
-    var bigEndian: Bool
-    var bytes: [UInt8] = []
-
-    init(bigEndian: Bool = false, nanoseconds: Bool = false, major: UInt16 = 2, minor: UInt16 = 4, snaplen: UInt32 = 65535,
-         linkType: UInt32 = 1) {
-        self.bigEndian = bigEndian
-        u32(nanoseconds ? 0xA1B2_3C4D : 0xA1B2_C3D4)
-        u16(major)
-        u16(minor)
-        u32(0)  // thiszone
-        u32(0)  // sigfigs
-        u32(snaplen)
-        u32(linkType)
+/// Expects both readers to agree on a file damaged after its first record, and the mapped reader to read that one
+/// record, then fail with a reason that starts with `failure`.
+func expectDamaged(_ file: HandPcap, _ name: String, failure: String,
+                   sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let m = try #require(try expectAgreement(file, name, sourceLocation: sourceLocation), sourceLocation: sourceLocation)
+    #expect(m.records.count == 1, sourceLocation: sourceLocation)
+    guard case .failed(let why)? = m.end else {
+        Issue.record("expected a failure, got \(String(describing: m.end))", sourceLocation: sourceLocation)
+        return
     }
-
-    mutating func u16(_ v: UInt16) {
-        let b = [UInt8(v & 0xFF), UInt8(v >> 8)]
-        bytes += bigEndian ? b.reversed() : b
-    }
-
-    mutating func u32(_ v: UInt32) {
-        let b = [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 24)]
-        bytes += bigEndian ? b.reversed() : b
-    }
-
-    /// A record: header fields as given (caplen defaults to the data's length), then `data`.
-    mutating func record(seconds: UInt32, fraction: UInt32, data: [UInt8], caplen: UInt32? = nil, wire: UInt32? = nil) {
-        u32(seconds)
-        u32(fraction)
-        u32(caplen ?? UInt32(data.count))
-        u32(wire ?? UInt32(data.count))
-        bytes += data
-    }
-
-    /// Writes the file to a fresh temporary path and returns it.
-    func write(_ name: String) throws -> String {
-        let dir = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
-        let path = "\(dir)/pipesfs-mapped-\(getpid())-\(UInt64.random(in: 0...UInt64.max))-\(name)"
-        guard let f = fopen(path, "w") else { throw FilterError("cannot create \(path)") }
-        defer { fclose(f) }
-        let n = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
-        guard n == bytes.count else { throw FilterError("short write to \(path)") }
-        return path
-    }
+    #expect(why.hasPrefix(failure), "\(why)", sourceLocation: sourceLocation)
 }
 
 /// A recognisable frame of `n` bytes (an Ethernet header, then a counter pattern).
 func handFrame(_ n: Int, seed: UInt8 = 0) -> [UInt8] {
-    let header: [UInt8] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00]
-    return Array((header + (0..<max(0, n - 14)).map { UInt8(truncatingIfNeeded: $0 &+ Int(seed)) }).prefix(n))
+    Array(Pkt.ethernet(type: 0x0800, (0..<max(0, n - 14)).map { UInt8(truncatingIfNeeded: $0 &+ Int(seed)) }).prefix(n))
 }
-
-/// The corpus directory in the test bundle (as CorpusTests finds it).
-let mappedCorpusDirectory: String? =
-    Bundle.module.url(forResource: "Resources", withExtension: nil)?.appendingPathComponent("corpus").path
-
-let mappedCorpusFiles: [String] = {
-    guard let dir = mappedCorpusDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
-    return names.filter { $0.contains(".pcap") }.sorted()
-}()
 
 @Suite("mapped pcap reader equals libpcap")
 struct MappedPcapTests {
-    @Test("every corpus capture it accepts reads as libpcap reads it", arguments: mappedCorpusFiles)
+    @Test("every corpus capture it accepts reads as libpcap reads it", arguments: Corpus.files)
     func corpus(name: String) throws {
-        let path = try #require(mappedCorpusDirectory) + "/" + name
+        let path = try #require(Corpus.directory) + "/" + name
         guard MappedPcapReader(path: path) != nil else {
             // Refused: it must be something other than a classic version 2.4 file (the libpcap path reads it).
             let head = Array((FileManager.default.contents(atPath: path) ?? Data()).prefix(8))
@@ -265,13 +207,13 @@ struct MappedPcapTests {
 
     @Test("the corpus exercises the mapped reader")
     func corpusCoverage() throws {
-        let dir = try #require(mappedCorpusDirectory)
-        let accepted = mappedCorpusFiles.filter { MappedPcapReader(path: dir + "/" + $0) != nil }
-        #expect(accepted.count >= 20, "only \(accepted.count) of \(mappedCorpusFiles.count) captures are read by the mapped reader")
+        let dir = try #require(Corpus.directory)
+        let accepted = Corpus.files.filter { MappedPcapReader(path: dir + "/" + $0) != nil }
+        #expect(accepted.count >= 20, "only \(accepted.count) of \(Corpus.files.count) captures are read by the mapped reader")
         for known in ["bigtcp-ipv4.pcap", "tcp-handshake-nano.pcap", "timestamp_invalid_nano.pcap", "ppp_ip_udp_dns.pcap"] {
             #expect(accepted.contains(known), "\(known) should be read by the mapped reader")
         }
-        for refused in mappedCorpusFiles where refused.hasSuffix(".pcapng") {
+        for refused in Corpus.files where refused.hasSuffix(".pcapng") {
             #expect(!accepted.contains(refused), "\(refused) is pcapng: the libpcap path reads it")
         }
     }
@@ -289,11 +231,9 @@ struct MappedPcapTests {
             (0x7FFF_FFFF, top, handFrame(200, seed: 4), 9000),
         ]
         for (s, frac, data, wire) in records { f.record(seconds: s, fraction: frac, data: data, wire: wire) }
-        let path = try f.write("magic.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path))
+        let read = try expectAgreement(f, "magic.pcap")
         // And the values themselves, not only agreement.
-        let m = try #require(mappedCaseMapped(path))
+        let m = try #require(read)
         #expect(m.end == .end)
         try #require(m.records.count == records.count)
         let scale: Int32 = nanoseconds ? 1 : 1000
@@ -311,10 +251,7 @@ struct MappedPcapTests {
         f.record(seconds: 1, fraction: 1, data: handFrame(60, seed: 1))
         f.record(seconds: 2, fraction: 2, data: handFrame(100, seed: 2), wire: 1000)  // caplen 100 > snaplen 64
         f.record(seconds: 3, fraction: 3, data: handFrame(64, seed: 3))  // the next record is found after all 100 bytes
-        let path = try f.write("oversnap.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path))
-        let m = try #require(mappedCaseMapped(path))
+        let m = try #require(try expectAgreement(f, "oversnap.pcap"))
         try #require(m.records.count == 3)
         #expect(m.records[1].bytes == Array(handFrame(100, seed: 2).prefix(64)))
         #expect(m.records[1].wire == 1000)
@@ -326,9 +263,7 @@ struct MappedPcapTests {
         var f = HandPcap(snaplen: snaplen)
         f.record(seconds: 1, fraction: 1, data: handFrame(70_000, seed: 1))
         f.record(seconds: 2, fraction: 2, data: handFrame(262_144, seed: 2))
-        let path = try f.write("snaplen.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path))
+        try expectAgreement(f, "snaplen.pcap")
     }
 
     @Test("a capture length above 262144 is an error", arguments: [(UInt32(65535), false), (0, false), (65535, true)])
@@ -336,13 +271,7 @@ struct MappedPcapTests {
         var f = HandPcap(bigEndian: bigEndian, snaplen: snaplen)
         f.record(seconds: 1, fraction: 1, data: handFrame(60))
         f.record(seconds: 2, fraction: 2, data: handFrame(100), caplen: 262_145)
-        let path = try f.write("huge.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path))
-        let m = try #require(mappedCaseMapped(path))
-        #expect(m.records.count == 1)
-        guard case .failed(let why)? = m.end else { Issue.record("expected a failure, got \(String(describing: m.end))"); return }
-        #expect(why.hasPrefix("invalid packet capture length 262145"), "\(why)")
+        try expectDamaged(f, "huge.pcap", failure: "invalid packet capture length 262145")
     }
 
     @Test("a record header cut after 10 bytes is a truncated dump file", arguments: [false, true])
@@ -351,13 +280,7 @@ struct MappedPcapTests {
         f.record(seconds: 1, fraction: 1, data: handFrame(60))
         f.record(seconds: 2, fraction: 2, data: handFrame(60))
         f.bytes.removeLast(60 + 6)  // 10 of the second record's 16 header bytes remain
-        let path = try f.write("cuthdr.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path))
-        let m = try #require(mappedCaseMapped(path))
-        #expect(m.records.count == 1)
-        guard case .failed(let why)? = m.end else { Issue.record("expected a failure, got \(String(describing: m.end))"); return }
-        #expect(why.hasPrefix("truncated dump file"), "\(why)")
+        try expectDamaged(f, "cuthdr.pcap", failure: "truncated dump file")
     }
 
     @Test("a record cut short is a truncated dump file",
@@ -367,21 +290,12 @@ struct MappedPcapTests {
         f.record(seconds: 1, fraction: 1, data: handFrame(60))
         f.record(seconds: 2, fraction: 2, data: handFrame(100))
         f.bytes.removeLast(60)  // 40 of 100 bytes remain
-        let path = try f.write("cutrec.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path))
-        let m = try #require(mappedCaseMapped(path))
-        #expect(m.records.count == 1)
-        guard case .failed(let why)? = m.end else { Issue.record("expected a failure, got \(String(describing: m.end))"); return }
-        #expect(why.hasPrefix("truncated dump file"), "\(why)")
+        try expectDamaged(f, "cutrec.pcap", failure: "truncated dump file")
     }
 
     @Test("a file of only the 24-byte header has no records", arguments: [false, true])
     func headerOnly(bigEndian: Bool) throws {
-        let path = try HandPcap(bigEndian: bigEndian, nanoseconds: bigEndian).write("empty.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path))
-        let m = try #require(mappedCaseMapped(path))
+        let m = try #require(try expectAgreement(HandPcap(bigEndian: bigEndian, nanoseconds: bigEndian), "empty.pcap"))
         #expect(m.records.isEmpty)
         #expect(m.end == .end)
     }
@@ -390,20 +304,27 @@ struct MappedPcapTests {
     func refused() throws {
         var paths: [String] = []
         defer { for p in paths { unlink(p) } }
+        /// Writes `file` (removed at the end) and expects the mapped reader to refuse it; returns its path.
+        @discardableResult
+        func expectRefused(_ file: HandPcap, _ name: String, _ comment: Comment,
+                           sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+            let p = try file.write(name)
+            paths.append(p)
+            #expect(MappedPcapReader(path: p) == nil, comment, sourceLocation: sourceLocation)
+            return p
+        }
         // Version 2.3 (caplen and len may be swapped) and 2.2 (they are): libpcap reads them, the mapped reader does not.
         for minor: UInt16 in [3, 2] {
             for big in [false, true] {
                 var f = HandPcap(bigEndian: big, minor: minor)
                 f.record(seconds: 1, fraction: 1, data: handFrame(60), wire: 40)  // caplen > len: swapped in 2.3
-                let p = try f.write("v2\(minor).pcap")
-                paths.append(p)
-                #expect(MappedPcapReader(path: p) == nil, "version 2.\(minor), big-endian \(big)")
+                let p = try expectRefused(f, "v2\(minor).pcap", "version 2.\(minor), big-endian \(big)")
                 #expect(mappedCaseLibpcap(p).0 != nil, "libpcap reads version 2.\(minor)")
             }
         }
         // pcapng: the corpus's, and a minimal one written here (section header and interface description blocks).
-        if let dir = mappedCorpusDirectory {
-            for name in mappedCorpusFiles where name.hasSuffix(".pcapng") {
+        if let dir = Corpus.directory {
+            for name in Corpus.files where name.hasSuffix(".pcapng") {
                 #expect(MappedPcapReader(path: dir + "/" + name) == nil, "\(name)")
             }
         }
@@ -423,27 +344,19 @@ struct MappedPcapTests {
         shb.u16(0)
         shb.u32(65535)  // snaplen
         shb.u32(20)
-        let ng = try shb.write("min.pcapng")
-        paths.append(ng)
-        #expect(MappedPcapReader(path: ng) == nil, "pcapng")
+        let ng = try expectRefused(shb, "min.pcapng", "pcapng")
         #expect(mappedCaseLibpcap(ng).0 != nil, "libpcap reads the minimal pcapng: \(mappedCaseLibpcap(ng).1)")
         // Kuznetzov's modified pcap (a longer record header), a text file, and files shorter than the header.
         var kuz = HandPcap()
         kuz.bytes.replaceSubrange(0..<4, with: [0x34, 0xCD, 0xB2, 0xA1])
-        let k = try kuz.write("kuz.pcap")
-        paths.append(k)
-        #expect(MappedPcapReader(path: k) == nil, "modified pcap (0xa1b2cd34)")
+        try expectRefused(kuz, "kuz.pcap", "modified pcap (0xa1b2cd34)")
         var text = HandPcap()
         text.bytes = Array("these are notes, not packets, really not\n".utf8)
-        let t = try text.write("notes.txt")
-        paths.append(t)
-        #expect(MappedPcapReader(path: t) == nil, "text")
+        try expectRefused(text, "notes.txt", "text")
         for n in [0, 4, 23] {
             var short = HandPcap()
             short.bytes.removeLast(24 - n)
-            let s = try short.write("short\(n).pcap")
-            paths.append(s)
-            #expect(MappedPcapReader(path: s) == nil, "\(n)-byte file")
+            try expectRefused(short, "short\(n).pcap", "\(n)-byte file")
         }
         #expect(MappedPcapReader(path: "/nonexistent-\(getpid())/x.pcap") == nil)
     }
@@ -455,9 +368,7 @@ struct MappedPcapTests {
             f.record(seconds: 1_400_000_000, fraction: nano ? 1_000_000_000 : 1_000_000, data: handFrame(60, seed: 1))
             f.record(seconds: 1_400_000_000, fraction: nano ? 0x8000_0000 : 2_000_000, data: handFrame(60, seed: 2))
             f.record(seconds: 1_400_000_000, fraction: nano ? 0xFFFF_FFFF : 4_294_967, data: handFrame(60, seed: 3))
-            let path = try f.write("oddts.pcap")
-            defer { unlink(path) }
-            #expect(expectMappedEqualsLibpcap(path), "\(nano ? "nanosecond" : "microsecond") fractions")
+            try expectAgreement(f, "oddts.pcap", "\(nano ? "nanosecond" : "microsecond") fractions")
         }
     }
 
@@ -469,33 +380,22 @@ struct MappedPcapTests {
     func linkTypes(linkType: UInt32) throws {
         var f = HandPcap(linkType: linkType)
         f.record(seconds: 1, fraction: 1, data: handFrame(60))
-        let path = try f.write("lt.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path, mayRefuse: true), "LINKTYPE \(linkType)")
+        try expectAgreement(f, "lt.pcap", mayRefuse: true, "LINKTYPE \(linkType)")
     }
 
     @Test("a pcap tap on a LINKTYPE_ATM_RFC1483 capture gets every record (the stream's link type is libpcap's)")
     func tapLinkType() throws {
         var f = HandPcap(linkType: 100)
         for i in 0..<3 { f.record(seconds: UInt32(i), fraction: 0, data: handFrame(60, seed: UInt8(i))) }
-        let path = try f.write("atm.pcap")
-        defer { unlink(path) }
-        let c = Controller()
-        defer { c.shutdown() }
-        let node = try c.addSource("x=pcap:\(path),paused")
-        let ring = TapRing(capacity: 1 << 16, policy: .block)
-        let streamType = try #require(c.space.lock.withLock { c.space.streamLinkType(node) })
-        #expect(streamType.rawValue == 11, "libpcap's DLT_ATM_RFC1483")
-        c.space.lock.withLock {
-            c.space.addTap(node, ring, .pcap(streamType))  // as all.pcap opens it
-            c.space.refresh()
+        try withCaptureSource(f, named: "x", options: ",paused") { c, node, _ in
+            let streamType = try #require(c.space.lock.withLock { c.space.streamLinkType(node) })
+            #expect(streamType.rawValue == 11, "libpcap's DLT_ATM_RFC1483")
+            let ring = openTap(c, node, .pcap(streamType))  // as all.pcap opens it
+            try c.control(node, "start")
+            #expect(eventually { ring.isEnded })
+            #expect(c.space.lock.withLock { node.stats.tapDrops } == 0)
+            #expect(ring.available == 3 * (16 + 60))
         }
-        try c.control(node, "start")
-        let deadline = monotonicNanoseconds() + 10_000_000_000
-        while !ring.isEnded && monotonicNanoseconds() < deadline { usleep(1000) }
-        #expect(ring.isEnded)
-        #expect(c.space.lock.withLock { node.stats.tapDrops } == 0)
-        #expect(ring.available == 3 * (16 + 60))
     }
 
     /// Records whose link-layer pseudo-header libpcap rewrites: swapped to host order in a file of the other byte
@@ -526,11 +426,9 @@ struct MappedPcapTests {
         let r = Self.pseudoHeaderRecords[index]
         var f = HandPcap(bigEndian: bigEndian, linkType: r.linkType)
         f.record(seconds: 1, fraction: 1, data: r.data, wire: r.wire)
-        let path = try f.write("\(r.name).pcap")
-        defer { unlink(path) }
         // libpcap swaps these pseudo-headers to host order in files of the other byte order (swap_pseudo_headers),
         // and fixes up memory-mapped USB lengths in any file; the mapped reader hands the bytes over as they are.
-        #expect(expectMappedEqualsLibpcap(path, mayRefuse: true), "\(r.name), big-endian \(bigEndian)")
+        try expectAgreement(f, "\(r.name).pcap", mayRefuse: true, "\(r.name), big-endian \(bigEndian)")
     }
 
     @Test("link types with a larger maximum capture length (D-Bus 128 MiB, USBPcap 1 MiB, EBHSCR 8 MiB)",
@@ -538,9 +436,7 @@ struct MappedPcapTests {
     func largeMaximum(linkType: UInt32) throws {
         var f = HandPcap(snaplen: 0, linkType: linkType)
         f.record(seconds: 1, fraction: 1, data: handFrame(300_000))
-        let path = try f.write("bigmax.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path, mayRefuse: true), "LINKTYPE \(linkType)")
+        try expectAgreement(f, "bigmax.pcap", mayRefuse: true, "LINKTYPE \(linkType)")
     }
 
     @Test("timestamps past 2038 (seconds >= 2^31): libpcap 1.10 reads the field as signed")
@@ -548,9 +444,7 @@ struct MappedPcapTests {
         var f = HandPcap(nanoseconds: true)
         f.record(seconds: 0x8000_0000, fraction: 5, data: handFrame(60))
         f.record(seconds: 0xFFFF_FFFF, fraction: 5, data: handFrame(60))
-        let path = try f.write("y2038.pcap")
-        defer { unlink(path) }
-        #expect(expectMappedEqualsLibpcap(path))
+        try expectAgreement(f, "y2038.pcap")
     }
 
     @Test("through the pcap source: records up to the damage, then libpcap's reason in .errors",
@@ -567,44 +461,26 @@ struct MappedPcapTests {
         default:
             break
         }
-        let path = try f.write("source.pcap")
-        defer { unlink(path) }
-        let (libpcap, _) = mappedCaseLibpcap(path)
-        let l = try #require(libpcap)
-        #expect(expectMappedEqualsLibpcap(path))
+        try withCaptureSource(f, named: "x", options: ",paused") { c, node, path in
+            let (libpcap, _) = mappedCaseLibpcap(path)
+            let l = try #require(libpcap)
+            #expect(expectMappedEqualsLibpcap(path))
 
-        let c = Controller()
-        defer { c.shutdown() }
-        let node = try c.addSource("x=pcap:\(path),paused")
-        let ring = TapRing(capacity: 1 << 20, policy: .block)
-        c.space.lock.withLock {
-            c.space.addTap(node, ring, .raw)
-            c.space.refresh()
-        }
-        try c.control(node, "start")
-        let deadline = monotonicNanoseconds() + 20_000_000_000
-        var got: [UInt8] = []
-        while monotonicNanoseconds() < deadline {
-            while ring.available > 0 {
-                ring.read(max: 1 << 20, id: 1) { o in
-                    if case .data(let x, let y) = o { got += Array(x) + Array(y) }
-                }
+            let ring = openTap(c, node, capacity: 1 << 20)
+            try c.control(node, "start")
+            let got = drainUntilEnded(ring, within: 20)
+            #expect(ring.isEnded, "the stream should end")
+            #expect(got == l.records.flatMap(\.bytes), "the tap holds libpcap's records")
+            #expect(c.statsText(node).contains("packets_read: \(l.records.count)\n"), "\(c.statsText(node))")
+            let errors = c.errors.text
+            switch l.end {
+            case .failed(let why)?:
+                let kind = mappedCaseErrorKind(why)
+                #expect(errors.contains("source x: '\(path)' is damaged after \(l.records.count) packets: \(kind)"),
+                        "libpcap: '\(why)'; .errors: '\(errors)'")
+            default:
+                #expect(errors.isEmpty, "\(errors)")
             }
-            if ring.isEnded && ring.available == 0 { break }
-            var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
-            nanosleep(&ts, nil)
-        }
-        #expect(ring.isEnded, "the stream should end")
-        #expect(got == l.records.flatMap(\.bytes), "the tap holds libpcap's records")
-        #expect(c.statsText(node).contains("packets_read: \(l.records.count)\n"), "\(c.statsText(node))")
-        let errors = c.errors.text
-        switch l.end {
-        case .failed(let why)?:
-            let kind = mappedCaseErrorKind(why)
-            #expect(errors.contains("source x: '\(path)' is damaged after \(l.records.count) packets: \(kind)"),
-                    "libpcap: '\(why)'; .errors: '\(errors)'")
-        default:
-            #expect(errors.isEmpty, "\(errors)")
         }
     }
 }

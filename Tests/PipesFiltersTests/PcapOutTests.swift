@@ -4,6 +4,7 @@ import Glibc
 import CPcap
 import PipesFilters
 import PipesRuntime
+import PipesTestSupport
 import Testing
 
 @Suite("pcapout")
@@ -18,12 +19,19 @@ struct PcapOutTests {
         }
     }
 
+    /// A pcapout filter writing to a fresh temporary path (the caller removes it), attached to a stream of
+    /// `attachedTo` when given.
+    func pcapout(_ name: String, attachedTo linkType: LinkType? = nil) throws -> (filter: any Filter, path: String) {
+        let path = temporaryPath(name)
+        let f = try make("pcapout", path)
+        if let linkType { try f.attach(streamLinkType: linkType) }
+        return (f, path)
+    }
+
     @Test("writes a file that libpcap reads back: link type, timestamps, lengths and bytes")
     func roundTrip() throws {
-        let path = temporaryPath("out.pcap")
+        let (f, path) = try pcapout("out.pcap", attachedTo: .ethernet)
         defer { unlink(path) }
-        let f = try make("pcapout", path)
-        try f.attach(streamLinkType: .ethernet)
         let a = Pkt.ethTCP4(Array("one".utf8))
         let b = Pkt.ethUDP6(Array("two".utf8))
         let classes = feed(f, [(a, .ethernet, 1_700_000_000, 123_456_789, nil),
@@ -43,9 +51,8 @@ struct PcapOutTests {
 
     @Test("without attach the first block's link type goes into the header; other link types are skipped")
     func linkTypeFromFirstBlock() throws {
-        let path = temporaryPath("raw.pcap")
+        let (f, path) = try pcapout("raw.pcap")
         defer { unlink(path) }
-        let f = try make("pcapout", path)
         let raw = Pkt.rawTCP4()
         let classes = feed(f, [(raw, .raw, 1, 0, nil), (Pkt.ethTCP4(), .ethernet, 2, 0, nil), (raw, .raw, 3, 0, nil)])
         #expect(classes == [1, 1, 1], "a skipped record is still forwarded")
@@ -62,19 +69,16 @@ struct PcapOutTests {
 
     @Test("the class travels through")
     func classPassThrough() throws {
-        let path = temporaryPath("class.pcap")
+        let (f, path) = try pcapout("class.pcap")
         defer { unlink(path) }
-        let f = try make("pcapout", path)
         #expect(classify(f, Pkt.ethTCP4(), classValue: 80) == 80)
         f.shutdown()
     }
 
     @Test("'sync' flushes, so a reader sees records before the filter is closed")
     func sync() throws {
-        let path = temporaryPath("sync.pcap")
+        let (f, path) = try pcapout("sync.pcap", attachedTo: .ethernet)
         defer { unlink(path) }
-        let f = try make("pcapout", path)
-        try f.attach(streamLinkType: .ethernet)
         _ = feed(f, [(Pkt.ethARP(), .ethernet, 5, 0, nil)])
         guard case .success? = f.control("sync", "") else {
             Issue.record("sync should succeed")
@@ -89,11 +93,9 @@ struct PcapOutTests {
 
     @Test("args: a new path starts a new file with a header")
     func reconfigure() throws {
-        let first = temporaryPath("first.pcap")
+        let (f, first) = try pcapout("first.pcap", attachedTo: .ethernet)
         let second = temporaryPath("second.pcap")
         defer { unlink(first); unlink(second) }
-        let f = try make("pcapout", first)
-        try f.attach(streamLinkType: .ethernet)
         _ = feed(f, [(Pkt.ethARP(), .ethernet, 1, 0, nil)])
         try f.reconfigure(arguments: second)
         #expect(f.arguments == second)
@@ -130,8 +132,8 @@ struct PcapOutTests {
         #expect(e.message.contains("cannot create"))
         #expect(e.message.contains("No such file or directory"))
         #expect(makeError("pcapout", "")?.message.contains("needs a file path") == true)
-        let f = try make("pcapout", temporaryPath("keep.pcap"))
-        defer { unlink(f.arguments); f.shutdown() }
+        let (f, path) = try pcapout("keep.pcap")
+        defer { unlink(path); f.shutdown() }
         #expect(throws: FilterError.self) { try f.reconfigure(arguments: "/nonexistent-dir-\(getpid())/y.pcap") }
     }
 }

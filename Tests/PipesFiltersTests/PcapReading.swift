@@ -20,13 +20,23 @@ struct PcapReadResult {
     var records = 0
 }
 
-/// Opens `path` with libpcap and calls `body` for every record, with the bytes valid during the call.
-@discardableResult
-func readCapture(_ path: String, _ body: (UnsafeRawBufferPointer, pcap_pkthdr) -> Void) -> PcapReadResult {
-    var result = PcapReadResult()
+/// Opens `path` with libpcap: with microsecond timestamps (pcap_open_offline), or with nanosecond ones as the pcap
+/// file source opens it. Nil and libpcap's reason when it refuses the file.
+func openCapture(_ path: String, nanoseconds: Bool = false) -> (OpaquePointer?, String) {
     var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
-    guard let h = pcap_open_offline(path, &err) else {
-        result.openError = String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let h = nanoseconds
+        ? pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &err)
+        : pcap_open_offline(path, &err)
+    return (h, String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+}
+
+/// Opens `path` with libpcap (see `openCapture`) and calls `body` for every record, with the bytes valid during the call.
+@discardableResult
+func readCapture(_ path: String, nanoseconds: Bool = false, _ body: (UnsafeRawBufferPointer, pcap_pkthdr) -> Void) -> PcapReadResult {
+    var result = PcapReadResult()
+    let (handle, reason) = openCapture(path, nanoseconds: nanoseconds)
+    guard let h = handle else {
+        result.openError = reason
         return result
     }
     defer { pcap_close(h) }

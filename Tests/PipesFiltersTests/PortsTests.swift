@@ -1,5 +1,6 @@
 import PipesFilters
 import PipesRuntime
+import PipesTestSupport
 import Testing
 
 @Suite("sport / dport")

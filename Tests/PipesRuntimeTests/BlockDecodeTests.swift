@@ -287,11 +287,47 @@ struct BlockDecodeTests {
         }
     }
 
-    @Test("Ethernet / IPv4 / TCP")
-    func ethernetIPv4TCP() {
-        let d = decode(ethIPv4TCP, .ethernet)
-        #expect(d == Decoded(networkType: 0x0800, network: 14, transportProtocol: 6, transport: 34, payload: 54,
-                             laterFragment: false, ports: [49153, 80], payloadBytes: Array("GET ".utf8)))
+    /// A whole fixture and everything decoding it must find.
+    struct WholeFrame: Sendable, CustomTestStringConvertible {
+        var name: String
+        var bytes: [UInt8]
+        var linkType: LinkType
+        var decoded: Decoded
+        var testDescription: String { name }
+    }
+
+    static let wholeFrames: [WholeFrame] = [
+        WholeFrame(name: "Ethernet / IPv4 / TCP", bytes: ethIPv4TCP, linkType: .ethernet,
+                   decoded: Decoded(networkType: 0x0800, network: 14, transportProtocol: 6, transport: 34, payload: 54,
+                                    laterFragment: false, ports: [49153, 80], payloadBytes: Array("GET ".utf8))),
+        WholeFrame(name: "IPv4 with options (IHL 6): the transport header starts after them", bytes: ethIPv4OptionsUDP,
+                   linkType: .ethernet,
+                   decoded: Decoded(networkType: 0x0800, network: 14, transportProtocol: 17, transport: 38, payload: 46,
+                                    laterFragment: false, ports: [53, 33000], payloadBytes: [0xAB, 0xCD])),
+        WholeFrame(name: "IPv6 with a hop-by-hop header, then TCP", bytes: ethIPv6HopByHopTCP, linkType: .ethernet,
+                   decoded: Decoded(networkType: 0x86DD, network: 14, transportProtocol: 6, transport: 62, payload: 82,
+                                    laterFragment: false, ports: [443, 54321], payloadBytes: Array("hi".utf8))),
+        WholeFrame(name: "Linux cooked capture v1 (SLL): protocol at 14, network at 16", bytes: sllIPv4UDP, linkType: .linuxSLL,
+                   decoded: Decoded(networkType: 0x0800, network: 16, transportProtocol: 17, transport: 36, payload: 44,
+                                    laterFragment: false, ports: [5000, 53], payloadBytes: [0x7A])),
+        WholeFrame(name: "Linux cooked capture v2 (SLL2): protocol at 0, network at 20", bytes: sll2IPv6UDP,
+                   linkType: .linuxSLL2,
+                   decoded: Decoded(networkType: 0x86DD, network: 20, transportProtocol: 17, transport: 60, payload: 68,
+                                    laterFragment: false, ports: [1234, 5678], payloadBytes: [])),
+    ]
+        // Raw IP: the version nibble picks IPv4 or IPv6, for every raw link type number.
+        + [LinkType.raw, .dltRaw12, .dltRaw14].flatMap { lt in [
+            WholeFrame(name: "raw IPv4 / ICMP, link type \(lt.rawValue)", bytes: rawIPv4ICMP, linkType: lt,
+                       decoded: Decoded(networkType: 0x0800, network: 0, transportProtocol: 1, transport: 20, payload: 28,
+                                        laterFragment: false, ports: nil, payloadBytes: Array("ping".utf8))),
+            WholeFrame(name: "raw IPv6 / UDP, link type \(lt.rawValue)", bytes: rawIPv6UDP, linkType: lt,
+                       decoded: Decoded(networkType: 0x86DD, network: 0, transportProtocol: 17, transport: 40, payload: 48,
+                                        laterFragment: false, ports: [5353, 5353], payloadBytes: Array("mdn".utf8))),
+        ] }
+
+    @Test("whole frames decode to their layers, ports and payload", arguments: wholeFrames)
+    func wholeFrame(_ f: WholeFrame) {
+        #expect(decode(f.bytes, f.linkType) == f.decoded)
     }
 
     @Test("decoding is done once and cached in layers")
@@ -310,13 +346,6 @@ struct BlockDecodeTests {
             b.decodeNetwork()
             #expect(b.layers.transport == 40)
         }
-    }
-
-    @Test("IPv4 with options (IHL 6): the transport header starts after them")
-    func ipv4Options() {
-        let d = decode(ethIPv4OptionsUDP, .ethernet)
-        #expect(d == Decoded(networkType: 0x0800, network: 14, transportProtocol: 17, transport: 38, payload: 46,
-                             laterFragment: false, ports: [53, 33000], payloadBytes: [0xAB, 0xCD]))
     }
 
     @Test("an IPv4 fragment with a non-zero offset has a protocol but no ports and no payload")
@@ -340,13 +369,6 @@ struct BlockDecodeTests {
         #expect(d.ports == [49153, 80])
     }
 
-    @Test("IPv6 with a hop-by-hop header, then TCP")
-    func ipv6HopByHop() {
-        let d = decode(ethIPv6HopByHopTCP, .ethernet)
-        #expect(d == Decoded(networkType: 0x86DD, network: 14, transportProtocol: 6, transport: 62, payload: 82,
-                             laterFragment: false, ports: [443, 54321], payloadBytes: Array("hi".utf8)))
-    }
-
     @Test("IPv6 fragment header: offset 0 continues to TCP, a later fragment stops")
     func ipv6FragmentHeader() {
         var f = ethIPv6HopByHopTCP
@@ -365,20 +387,6 @@ struct BlockDecodeTests {
         #expect(later.transportProtocol == 6)
         #expect(later.ports == nil)
         #expect(later.payload == -1)
-    }
-
-    @Test("Linux cooked capture v1 (SLL): protocol at 14, network at 16")
-    func linuxSLL() {
-        let d = decode(sllIPv4UDP, .linuxSLL)
-        #expect(d == Decoded(networkType: 0x0800, network: 16, transportProtocol: 17, transport: 36, payload: 44,
-                             laterFragment: false, ports: [5000, 53], payloadBytes: [0x7A]))
-    }
-
-    @Test("Linux cooked capture v2 (SLL2): protocol at 0, network at 20")
-    func linuxSLL2() {
-        let d = decode(sll2IPv6UDP, .linuxSLL2)
-        #expect(d == Decoded(networkType: 0x86DD, network: 20, transportProtocol: 17, transport: 60, payload: 68,
-                             laterFragment: false, ports: [1234, 5678], payloadBytes: []))
     }
 
     @Test("DLT_NULL with a little-endian family (captured on x86)")
@@ -400,35 +408,21 @@ struct BlockDecodeTests {
         }
     }
 
-    @Test("DLT_NULL with a big-endian family (a capture from a big-endian host)",
-          .bug(id: "DLT_NULL byte order", "Block+Decode.swift says 'accept both byte orders' but only the little-endian form decodes"))
-    func dltNullBigEndian() {
+    /// DLT_LOOP always has it; DLT_NULL has it in a capture from a big-endian host.
+    @Test("a family in big-endian (network) order: DLT_LOOP, and DLT_NULL from a big-endian host",
+          .bug(id: "DLT_NULL byte order", "Block+Decode.swift says 'accept both byte orders' but only the little-endian form decodes"),
+          arguments: [LinkType.loop, .null])
+    func bigEndianFamily(_ linkType: LinkType) {
         var frame = nullIPv4TCP
-        frame[0] = 0x00; frame[1] = 0x00; frame[2] = 0x00; frame[3] = 0x02  // family 2 in big-endian order
-        let d = decode(frame, .null)
+        frame[0] = 0x00; frame[1] = 0x00; frame[2] = 0x00; frame[3] = 0x02  // family 2 in big-endian (network) order
+        let d = decode(frame, linkType)
         #expect(d.networkType == 0x0800)
         #expect(d.ports == [8080, 60000])
     }
 
-    @Test("DLT_LOOP: family in network order")
-    func dltLoop() {
-        var frame = nullIPv4TCP
-        frame[0] = 0x00; frame[1] = 0x00; frame[2] = 0x00; frame[3] = 0x02  // family 2, network order
-        let d = decode(frame, .loop)
-        #expect(d.networkType == 0x0800)
-        #expect(d.ports == [8080, 60000])
-    }
-
-    @Test("raw IP: the version nibble picks IPv4 or IPv6, for every raw link type number")
+    @Test("raw IP: LINKTYPE_IPV4 and LINKTYPE_IPV6 fix the version; a bogus version nibble has no network layer")
     func rawIP() {
-        for lt in [LinkType.raw, .dltRaw12, .dltRaw14] {
-            let v4 = decode(rawIPv4ICMP, lt)
-            #expect(v4 == Decoded(networkType: 0x0800, network: 0, transportProtocol: 1, transport: 20, payload: 28,
-                                  laterFragment: false, ports: nil, payloadBytes: Array("ping".utf8)), "\(lt.rawValue)")
-            let v6 = decode(rawIPv6UDP, lt)
-            #expect(v6 == Decoded(networkType: 0x86DD, network: 0, transportProtocol: 17, transport: 40, payload: 48,
-                                  laterFragment: false, ports: [5353, 5353], payloadBytes: Array("mdn".utf8)), "\(lt.rawValue)")
-        }
+        // (The version nibble picking IPv4 or IPv6 for every raw link type number: see wholeFrame.)
         // LINKTYPE_IPV4 / LINKTYPE_IPV6 fix the version.
         #expect(decode(rawIPv4ICMP, .ipv4).networkType == 0x0800)
         #expect(decode(rawIPv6UDP, .ipv6).ports == [5353, 5353])
@@ -469,23 +463,18 @@ struct BlockDecodeTests {
         #expect(u.ports == nil)
     }
 
-    @Test("an IPv4 header whose IHL is below 5 is not decoded further")
-    func badIHL() {
+    @Test("an IPv4 header whose IHL is below 5, or an Ethernet frame announcing IPv4 that holds another version, is not decoded further",
+          arguments: [
+              (UInt8(0x44), "version 4, IHL 4 (16 bytes): invalid"),
+              (0x65, "version 6 under EtherType IPv4"),
+          ])
+    func notIPv4Header(versionIHL: UInt8, what: String) {
         var f = ethIPv4TCP
-        f[14] = 0x44  // version 4, IHL 4 (16 bytes): invalid
+        f[14] = versionIHL  // the version / IHL byte
         let d = decode(f, .ethernet)
-        #expect(d.transport == -1)
-        #expect(d.ports == nil)
-        #expect(d.transportProtocol == -1)
-    }
-
-    @Test("an Ethernet frame announcing IPv4 that holds another version is not decoded further")
-    func versionMismatch() {
-        var f = ethIPv4TCP
-        f[14] = 0x65  // version 6 under EtherType IPv4
-        let d = decode(f, .ethernet)
-        #expect(d.transport == -1)
-        #expect(d.ports == nil)
+        #expect(d.transport == -1, "\(what)")
+        #expect(d.ports == nil, "\(what)")
+        #expect(d.transportProtocol == -1, "\(what)")
     }
 
     /// The offsets that make each field available in a fixture.

@@ -1,4 +1,5 @@
 import PipesRuntime
+import PipesTestSupport
 import Testing
 
 /// Parses or records the error as a test issue.
@@ -13,12 +14,7 @@ private func sel(_ text: String, names: [String: UInt32] = [:], sourceLocation: 
 
 /// The parse error's message, or nil if it parsed.
 private func parseError(_ text: String, names: [String: UInt32] = [:]) -> FilterError? {
-    do {
-        _ = try ClassSelector.parse(text, names: names)
-        return nil
-    } catch {
-        return error
-    }
+    filterError { _ = try ClassSelector.parse(text, names: names) }
 }
 
 private let services: [String: UInt32] = ["ssh": 22, "telnet": 23, "http": 80, "https": 443]

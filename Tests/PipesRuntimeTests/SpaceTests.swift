@@ -3,6 +3,7 @@ import Glibc
 #endif
 import PipesBuffering
 import PipesRuntime
+import PipesTestSupport
 import Testing
 
 // MARK: trivial test filters
@@ -12,19 +13,14 @@ final class FirstByte: Filter {
     func process(_ block: inout Block) -> UInt32 { block.u8(0).map(UInt32.init) ?? 0 }
 }
 
-/// Records what reaches it (first byte and the class it arrived with) and forwards with that class.
-final class Recorder: Filter {
-    var seen: [(first: UInt8, classValue: UInt32)] = []
-    func process(_ block: inout Block) -> UInt32 {
-        seen.append((block.u8(0) ?? 0, block.classValue))
-        return block.classValue
-    }
-    var firsts: [UInt8] { seen.map(\.first) }
+/// Records what reaches it and forwards with the class it arrived with.
+typealias Recorder = RecordingFilter
+
+extension RecordingFilter {
+    /// The first byte of each block (its class, as FirstByte sent it; 0 for an empty block).
+    var firsts: [UInt8] { seen.map { $0.bytes.first ?? 0 } }
     var classes: [UInt32] { seen.map(\.classValue) }
 }
-
-let testDescriptor = FilterDescriptor(name: "test", summary: "test filter", usage: "test",
-                                      structuralClass: .filtering, classifying: true) { _ throws(FilterError) in FirstByte() }
 
 /// A small graph built with the structure primitives:
 ///
@@ -41,11 +37,11 @@ final class Graph {
     init() throws {
         func sel(_ t: String) throws -> ClassSelector { try ClassSelector.parse(t, names: [:]) }
         let s = space
-        root = Node(id: s.allocateID(), name: "root", descriptor: testDescriptor, filter: FirstByte())
-        a = Node(id: s.allocateID(), name: "a", descriptor: testDescriptor, filter: ra, selector: try sel("1"))
-        b = Node(id: s.allocateID(), name: "b", descriptor: testDescriptor, filter: rb, selector: try sel("2:3"))
-        c = Node(id: s.allocateID(), name: "c", descriptor: testDescriptor, filter: rc, selector: try sel("!1"))
-        d = Node(id: s.allocateID(), name: "d", descriptor: testDescriptor, filter: rd)
+        root = handMadeNode(s, "root", FirstByte())
+        a = handMadeNode(s, "a", ra, selector: try sel("1"))
+        b = handMadeNode(s, "b", rb, selector: try sel("2:3"))
+        c = handMadeNode(s, "c", rc, selector: try sel("!1"))
+        d = handMadeNode(s, "d", rd)
         s.lock.withLock {
             s.attach(root, under: nil)
             s.attach(a, under: root)
@@ -56,9 +52,10 @@ final class Graph {
         }
     }
 
-    /// Pushes blocks into the root as one batch; the first byte of each is its class.
+    /// Pushes blocks into the root as one batch; the first byte of each is its class. Without `finishing`, the
+    /// batch is left open: nothing is delivered to parked readers and a congested tap is not waited for.
     func push(_ blocks: [[UInt8]], linkType: LinkType = .ethernet, seconds: Int64 = 1_700_000_000,
-              nanoseconds: Int32 = 123_456_789, extraWire: Int = 0) {
+              nanoseconds: Int32 = 123_456_789, extraWire: Int = 0, finishing: Bool = true) {
         space.lock.lock()
         for bytes in blocks {
             bytes.withUnsafeBytes { raw in
@@ -68,22 +65,16 @@ final class Graph {
             }
         }
         space.lock.unlock()
-        space.finishBatch(mayWait: false)
+        if finishing { space.finishBatch(mayWait: false) }
+    }
+
+    /// A new tap on `node`.
+    func tap(_ node: Node, _ format: TapFormat = .raw, policy: OverflowPolicy = .block) -> TapRing {
+        let ring = TapRing(capacity: 4096, policy: policy)
+        space.lock.withLock { space.addTap(node, ring, format) }
+        return ring
     }
 }
-
-/// Everything buffered in a ring, read at once.
-func drain(_ ring: TapRing) -> [UInt8] {
-    var out: [UInt8] = []
-    while ring.available > 0 {
-        ring.read(max: 1 << 20, id: 1) { o in
-            if case .data(let x, let y) = o { out += Array(x) + Array(y) }
-        }
-    }
-    return out
-}
-
-func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
 
 @Suite("Space")
 struct SpaceTests {
@@ -120,10 +111,10 @@ struct SpaceTests {
             }
         }
         let s = Space()
-        let root = Node(id: s.allocateID(), name: "root", descriptor: testDescriptor, filter: FirstByte())
-        let n = Node(id: s.allocateID(), name: "narrow", descriptor: testDescriptor, filter: Narrow())
+        let root = handMadeNode(s, "root", FirstByte())
+        let n = handMadeNode(s, "narrow", Narrow())
         let r = Recorder()
-        let after = Node(id: s.allocateID(), name: "after", descriptor: testDescriptor, filter: r)
+        let after = handMadeNode(s, "after", r)
         s.lock.withLock {
             s.attach(root, under: nil)
             s.attach(n, under: root)
@@ -143,23 +134,18 @@ struct SpaceTests {
     @Test("taps receive raw blocks and pcap records; a pcap tap of another link type drops and counts")
     func taps() throws {
         let g = try Graph()
-        let raw = TapRing(capacity: 4096, policy: .block)
-        let pcap = TapRing(capacity: 4096, policy: .block)
-        let wrongType = TapRing(capacity: 4096, policy: .block)
-        g.space.lock.withLock {
-            g.space.addTap(g.root, raw, .raw)
-            g.space.addTap(g.a, pcap, .pcap(.ethernet))
-            g.space.addTap(g.b, wrongType, .pcap(.raw))
-        }
+        let raw = g.tap(g.root)
+        let pcap = g.tap(g.a, .pcap(.ethernet))
+        let wrongType = g.tap(g.b, .pcap(.raw))
         g.push([[1, 0xAA, 0xAB], [2, 0xBB], [0, 0xCC]], seconds: 1_700_000_000, nanoseconds: 123_456_789, extraWire: 100)
 
         #expect(drain(raw) == [1, 0xAA, 0xAB, 2, 0xBB], "the root's output: what it forwarded, back to back")
-        let expected: [UInt8] = le32(1_700_000_000)  // ts_sec
-            + le32(123_456)  // ts_usec (nanoseconds / 1000)
-            + le32(3)  // caplen
-            + le32(103)  // len (the wire length)
-            + [1, 0xAA, 0xAB]  // the block
-        #expect(drain(pcap) == expected)
+        var expected = HandPcap.withoutFileHeader()
+        expected.record(seconds: 1_700_000_000,  // ts_sec
+                        fraction: 123_456,  // ts_usec (nanoseconds / 1000)
+                        data: [1, 0xAA, 0xAB],  // the block; caplen 3
+                        wire: 103)  // len (the wire length)
+        #expect(drain(pcap) == expected.bytes)
         #expect(drain(wrongType).isEmpty)
         #expect(g.b.stats.tapDrops == 1, "the record of another link type is counted as a drop")
         #expect(g.a.stats.tapDrops == 0)
@@ -175,8 +161,7 @@ struct SpaceTests {
     func negativeNanoseconds() async {
         await #expect(processExitsWith: .success) {
             guard let g = try? Graph() else { exit(2) }
-            let ring = TapRing(capacity: 4096, policy: .block)
-            g.space.lock.withLock { g.space.addTap(g.root, ring, .pcap(.ethernet)) }
+            let ring = g.tap(g.root, .pcap(.ethernet))
             g.push([[1, 2, 3]], nanoseconds: Int32.min)
             exit(drain(ring).count == 19 ? 0 : 3)
         }
@@ -185,8 +170,7 @@ struct SpaceTests {
     @Test("a lossy tap that is full drops whole records and counts them")
     func lossyTapDrops() throws {
         let g = try Graph()
-        let ring = TapRing(capacity: 4096, policy: .drop)
-        g.space.lock.withLock { g.space.addTap(g.c, ring, .raw) }
+        let ring = g.tap(g.c, policy: .drop)
         let big = [UInt8](repeating: 7, count: 3000)
         g.push([big, big])
         #expect(ring.available == 3000)
@@ -197,19 +181,13 @@ struct SpaceTests {
     @Test("finishBatch delivers to parked readers once per batch")
     func finishBatchWakesReaders() throws {
         let g = try Graph()
-        let ring = TapRing(capacity: 4096, policy: .block)
-        g.space.lock.withLock { g.space.addTap(g.d, ring, .raw) }
+        let ring = g.tap(g.d)
         var got: [[UInt8]] = []
         let atOnce = ring.read(max: 100, id: 5) { o in
             if case .data(let x, let y) = o { got.append(Array(x) + Array(y)) }
         }
         #expect(!atOnce)
-        g.space.lock.lock()
-        [UInt8]([2, 9]).withUnsafeBytes { raw in
-            var b = Block(bytes: raw, linkType: .ethernet)
-            g.space.push(g.root, &b)
-        }
-        g.space.lock.unlock()
+        g.push([[2, 9]], finishing: false)
         #expect(got.isEmpty, "no delivery under the space lock")
         g.space.finishBatch(mayWait: false)
         #expect(got == [[2, 9]])
@@ -218,43 +196,29 @@ struct SpaceTests {
     @Test("a congested lossless tap ends the batch early (needsDrain) and finishBatch waits for the reader")
     func backpressure() throws {
         let g = try Graph()
-        let ring = TapRing(capacity: 4096, policy: .block)
-        g.space.lock.withLock { g.space.addTap(g.root, ring, .raw) }
+        let ring = g.tap(g.root)
         let big = [UInt8](repeating: 2, count: 2100)
-        g.space.lock.lock()
-        #expect(!g.space.needsDrain)
-        big.withUnsafeBytes { raw in
-            var b = Block(bytes: raw, linkType: .ethernet)
-            g.space.push(g.root, &b)
-        }
-        #expect(g.space.needsDrain)
-        g.space.lock.unlock()
+        g.space.lock.withLock { #expect(!g.space.needsDrain) }
+        g.push([big], finishing: false)
+        g.space.lock.withLock { #expect(g.space.needsDrain) }
 
-        final class Done: @unchecked Sendable {
-            let lock = ConditionLock()
-            var done = false
-        }
-        let done = Done()
+        let done = Locked(false)
         let space = g.space
         startThread(name: "producer") {
             space.finishBatch(mayWait: true)
-            done.lock.withLock { done.done = true }
+            done.value = true
         }
-        var ts = timespec(tv_sec: 0, tv_nsec: 5_000_000)
-        nanosleep(&ts, nil)
-        #expect(done.lock.withLock { done.done } == false, "the producer waits while the tap is congested")
+        pause(nanoseconds: 5_000_000)
+        #expect(done.value == false, "the producer waits while the tap is congested")
         #expect(drain(ring).count == 2100)
-        let deadline = monotonicNanoseconds() + 5_000_000_000
-        while !done.lock.withLock({ done.done }) && monotonicNanoseconds() < deadline { nanosleep(&ts, nil) }
-        #expect(done.lock.withLock { done.done })
+        #expect(eventually(within: 5) { done.value })
         g.space.lock.withLock { #expect(!g.space.needsDrain) }
     }
 
     @Test("inject delivers bytes as the node's output with class 1, as user data")
     func inject() throws {
         let g = try Graph()
-        let ring = TapRing(capacity: 4096, policy: .block)
-        g.space.lock.withLock { g.space.addTap(g.root, ring, .raw) }
+        let ring = g.tap(g.root)
         let rc = Array("xyz".utf8).withUnsafeBytes { g.space.inject(g.root, bytes: $0, interrupted: { false }) }
         #expect(rc == 0)
         #expect(drain(ring) == Array("xyz".utf8))
@@ -326,7 +290,7 @@ struct SpaceTests {
         let src = FakeSource()
         let srcDesc = FilterDescriptor(name: "fake", summary: "", usage: "", structuralClass: .source) { _ throws(FilterError) in FakeSource() }
         let sn = Node(id: s.allocateID(), name: "src", descriptor: srcDesc, filter: src)
-        let child = Node(id: s.allocateID(), name: "child", descriptor: testDescriptor, filter: Recorder())
+        let child = handMadeNode(s, "child", Recorder())
         s.lock.withLock {
             s.attach(sn, under: nil)
             s.refresh()
