@@ -21,10 +21,12 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     private var received: UInt64 = 0
     private var kernelDrops: UInt32 = 0
     private var lastError: String?
-    /// Not weak: a weak reference gives the space a side table and makes every retain of it slow.
-    /// The controller keeps the space alive for as long as sources run.
-    private unowned(unsafe) var space: Space?
-    private unowned(unsafe) var node: Node?
+    /// Strong while the source thread runs (so an rmdir of the source, or a controller dropped without
+    /// shutdown, cannot free them under it); the thread clears both when it exits, which breaks the
+    /// node → filter → node cycle. Not weak: a weak reference gives an object a side table and makes every
+    /// retain of it slow.
+    private var space: Space?
+    private var node: Node?
 
     public init(spec: String) throws(FilterError) {
         var parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -112,7 +114,11 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
             while !stopping && !demand { state.wait() }
             let stop = stopping
             state.unlock()
-            if stop { return }
+            if stop {
+                space = nil  // see `space`: breaks the node → filter → node cycle
+                node = nil
+                return
+            }
             guard let space, let node, let h = openHandle() else {
                 // Could not open: wait for demand to go away and come back (or a retry every 5 s).
                 state.withLock { _ = state.wait(timeoutNanoseconds: 5_000_000_000) }

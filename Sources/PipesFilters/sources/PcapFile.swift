@@ -28,11 +28,13 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     private var handle: OpaquePointer?
     /// The zero-copy reader, for classic pcap files (pcapng goes through `handle`).
     private var mapped: MappedPcapReader?
-    /// Not weak: a weak reference gives the space a side table and makes every retain of it slow.
-    /// The controller keeps the space alive for as long as sources run.
-    private unowned(unsafe) var space: Space?
+    /// Strong while the source thread runs (so an rmdir of the source, or a controller dropped without
+    /// shutdown, cannot free them under it); the thread clears both when it exits, which breaks the
+    /// node → filter → node cycle. Not weak: a weak reference gives an object a side table and makes every
+    /// retain of it slow.
+    private var space: Space?
     private var dispatcher: PcapDispatcher?
-    private unowned(unsafe) var node: Node?
+    private var node: Node?
 
     public init(spec: String) throws(FilterError) {
         var parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -208,6 +210,9 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             }
         }
         if let h = handle { pcap_close(h); handle = nil }
+        dispatcher = nil
+        space = nil
+        node = nil
     }
 
     private func reopenFile() {
