@@ -120,7 +120,7 @@ public final class TapRing: @unchecked Sendable {
     public func waitUntilDrained(timeoutNanoseconds: Int64) -> Bool {
         lock.withLock {
             let deadline = monotonicNanoseconds() + timeoutNanoseconds
-            while !readerGone && head - tail >= highWater {
+            while !readerGone && !producerEnded && head - tail >= highWater {
                 let left = deadline - monotonicNanoseconds()
                 if left <= 0 { return false }
                 lock.wait(timeoutNanoseconds: left)
@@ -141,7 +141,7 @@ public final class TapRing: @unchecked Sendable {
 
     /// The producer will write no more: readers get what is buffered, then end of stream.
     public func endOfStream() {
-        lock.withLock { producerEnded = true }
+        lock.withLock { producerEnded = true; lock.broadcast() }
         serviceWaiters()
     }
 

@@ -99,6 +99,8 @@ final class PollBox: @unchecked Sendable {
     private let lock = ConditionLock()
     private var handle: OpaquePointer?
 
+    deinit { if let h = handle { fuse_pollhandle_destroy(h) } }
+
     func replace(_ ph: OpaquePointer?) {
         lock.withLock {
             if let old = handle { fuse_pollhandle_destroy(old) }

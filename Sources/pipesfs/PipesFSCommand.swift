@@ -102,7 +102,8 @@ struct Mount: ParsableCommand {
             if demo { buildDemoGraph(controller, Caller(uid: getuid(), gid: getgid())) }
         }
         controller.shutdown()
-        if rc != 0 { throw ExitCode(rc) }
+        // The loop returns the number of the signal that ended it (SIGINT, SIGTERM, SIGHUP): a clean exit.
+        if rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP { throw ExitCode(rc) }
     }
 }
 

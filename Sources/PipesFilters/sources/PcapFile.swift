@@ -20,6 +20,8 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     private var rate: Int
     private var demand = false
     private var rewindRequested = false
+    /// Set when the rate changes: pacing restarts from now.
+    private var rewindPacing = false
     private var _finished = false
     private var stopping = false
     private var packetsRead: UInt64 = 0
@@ -105,7 +107,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             state.withLock { rewindRequested = true; _finished = false; state.broadcast() }
         case "rate":
             guard let r = Int(argument), r >= 0 else { return .failure(FilterError("rate: want packets per second (0 = as fast as possible)")) }
-            state.withLock { rate = r }
+            state.withLock { rate = r; rewindPacing = true; state.broadcast() }
         default:
             return nil
         }
@@ -169,7 +171,8 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             while mapped == nil && n < batch {
                 let rc = dispatcher.dispatch(h, max: Int32(batch - n))
                 n += dispatcher.count
-                if dispatcher.drained { break }  // a lossless reader lags: wait outside the lock
+                // A lossless reader lags (pcap_breakloop may surface as PCAP_ERROR_BREAK on the next call).
+                if dispatcher.drained || rc == PCAP_ERROR_BREAK { break }
                 if rc == 0 {  // end of file
                     ended = true
                     break
@@ -197,13 +200,17 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
                     space.lock.withLock { space.refresh() }
                 }
             }
+            if state.withLock({ defer { rewindPacing = false }; return rewindPacing }) {
+                paceStart = monotonicNanoseconds(); pending = 0
+            }
             if rate > 0 {
                 pending += n
                 let due = paceStart + Int64(pending) * 1_000_000_000 / Int64(rate)
+                if pending >= rate * 10 { paceStart = due; pending = 0 }  // fold, so the product cannot overflow
                 let now = monotonicNanoseconds()
                 if due > now {
-                    var ts = timespec(tv_sec: Int((due - now) / 1_000_000_000), tv_nsec: Int((due - now) % 1_000_000_000))
-                    nanosleep(&ts, nil)
+                    // Sleep on the state lock so that ctl (rate, stop) and shutdown wake it.
+                    state.withLock { _ = state.wait(timeoutNanoseconds: min(due - now, 1_000_000_000)) }
                 } else if now - due > 1_000_000_000 {
                     paceStart = now; pending = 0  // fell behind by >1 s (e.g. paused): do not burst
                 }
