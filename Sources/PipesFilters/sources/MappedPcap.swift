@@ -4,15 +4,19 @@ import Glibc
 import CPcap
 import PipesRuntime
 
-/// A zero-copy reader for classic pcap files: the file is mapped and records are handed to the graph in place,
-/// with none of libpcap's per-record `fread` copies. pcapng and anything unusual go through libpcap instead.
-/// Damage is reported the way libpcap reports it (truncated record, impossible capture length).
+/// A fast reader for classic pcap files: the file is read in large chunks (pread) into one window and records
+/// are handed to the graph in place, with none of libpcap's two `fread` calls per record. It does not map the
+/// file: a capture truncated while it is played must give an error, not SIGBUS. pcapng and anything unusual go
+/// through libpcap instead. Damage is reported the way libpcap reports it (truncated record, impossible length).
 final class MappedPcapReader {
     enum Status { case more, end, failed(String) }
 
     private let fd: Int32
-    private let base: UnsafeRawPointer
-    private let size: Int
+    /// The window: file bytes [windowStart, windowStart + windowLength) at `window`.
+    private let window: UnsafeMutableRawPointer
+    private let capacity = (1 << 20) + 262_144 + 16
+    private var windowStart = 0
+    private var windowLength = 0
     private var offset = 24
     private let swapped: Bool
     private let nanoseconds: Bool
@@ -26,7 +30,7 @@ final class MappedPcapReader {
     /// Link types whose pseudo-headers libpcap byte-swaps in files of the other byte order.
     private static let swappedPseudoHeaders: Set<Int32> = [113, 276, 189, 220, 239]
 
-    /// Maps `path` if it is a classic pcap file this reader reads exactly as libpcap does; nil otherwise (use
+    /// Opens `path` if it is a classic pcap file this reader reads exactly as libpcap does; nil otherwise (use
     /// libpcap). `linkType` is libpcap's DLT value for the file (`pcap_datalink`); nil asks libpcap.
     init?(path: String, linkType dlt: LinkType? = nil) {
         var libpcapType = dlt
@@ -39,61 +43,74 @@ final class MappedPcapReader {
         guard let lt = libpcapType, !Self.libpcapOnly.contains(lt.rawValue) else { return nil }
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_size >= 24,
-              let m = mmap(nil, Int(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0), m != MAP_FAILED
-        else { close(fd); return nil }
-        let magic = m.loadUnaligned(as: UInt32.self)
-        switch magic {
+        var header = [UInt8](repeating: 0, count: 24)
+        guard pread(fd, &header, 24, 0) == 24 else { close(fd); return nil }
+        func u32(_ at: Int) -> UInt32 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt32.self) } }
+        func u16(_ at: Int) -> UInt16 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt16.self) } }
+        switch u32(0) {
         case 0xA1B2_C3D4: (swapped, nanoseconds) = (false, false)
         case 0xA1B2_3C4D: (swapped, nanoseconds) = (false, true)
         case 0xD4C3_B2A1: (swapped, nanoseconds) = (true, false)
         case 0x4D3C_B2A1: (swapped, nanoseconds) = (true, true)
-        default:
-            munmap(m, Int(st.st_size)); close(fd); return nil
+        default: close(fd); return nil
         }
         // Only version 2.4 is read here; older variants (swapped length fields) go through libpcap.
-        var vmaj = m.loadUnaligned(fromByteOffset: 4, as: UInt16.self), vmin = m.loadUnaligned(fromByteOffset: 6, as: UInt16.self)
-        if swapped { vmaj = vmaj.byteSwapped; vmin = vmin.byteSwapped }
-        guard vmaj == 2, vmin == 4 else { munmap(m, Int(st.st_size)); close(fd); return nil }
-        var snap = m.loadUnaligned(fromByteOffset: 16, as: UInt32.self)
-        if swapped { snap = snap.byteSwapped }
+        let vmaj = swapped ? u16(4).byteSwapped : u16(4), vmin = swapped ? u16(6).byteSwapped : u16(6)
+        guard vmaj == 2, vmin == 4 else { close(fd); return nil }
+        let snap = swapped ? u32(16).byteSwapped : u32(16)
         snapshot = snap == 0 || snap > 262_144 ? 262_144 : snap
+        if swapped && Self.swappedPseudoHeaders.contains(lt.rawValue) { close(fd); return nil }
         self.fd = fd
-        base = UnsafeRawPointer(m)
-        size = Int(st.st_size)
-        if swapped && Self.swappedPseudoHeaders.contains(lt.rawValue) {
-            munmap(m, Int(st.st_size)); close(fd); return nil
-        }
+        window = .allocate(byteCount: capacity, alignment: 64)
         // Blocks carry libpcap's DLT value (LINKTYPE_* in the file maps to DLT_*, e.g. 100 to 11, 101 to 12).
         linkType = lt
-        madvise(m, size, MADV_SEQUENTIAL)
+        posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
     }
 
     deinit {
-        munmap(UnsafeMutableRawPointer(mutating: base), size)
+        window.deallocate()
         close(fd)
     }
 
-    func rewind() { offset = 24 }
+    func rewind() {
+        offset = 24
+        windowStart = 0
+        windowLength = 0
+    }
+
+    /// Makes file bytes [offset, offset + n) present in the window as far as the file has them; returns how many.
+    @inline(__always)
+    private func fill(_ n: Int) -> Int {
+        let end = windowStart + windowLength
+        if offset + n <= end { return n }
+        let keep = max(0, end - offset)
+        if keep > 0 && offset > windowStart { memmove(window, window + (offset - windowStart), keep) }
+        windowStart = offset
+        windowLength = keep
+        while windowLength < n {
+            let r = pread(fd, window + windowLength, capacity - windowLength, off_t(windowStart + windowLength))
+            if r < 0 && errno == EINTR { continue }
+            if r <= 0 { break }
+            windowLength += r
+        }
+        return min(n, windowLength)
+    }
 
     @inline(__always)
     private func u32(_ at: Int) -> UInt32 {
-        let v = base.loadUnaligned(fromByteOffset: at, as: UInt32.self)
+        let v = UnsafeRawPointer(window).loadUnaligned(fromByteOffset: at - windowStart, as: UInt32.self)
         return swapped ? v.byteSwapped : v
     }
 
     /// Pushes up to `max` records into `node`. The space lock must be held. Returns how many and whether more
     /// follow. Stops early (status `.more`) when a lossless reader lags.
     func dispatch(space: Space, node: Unmanaged<Node>, max: Int, count: inout Int) -> Status {
-        // A file that shrank under the mapping would fault: check once per batch.
-        var st = stat()
-        if fstat(fd, &st) == 0 && Int(st.st_size) < size { return .failed("the file shrank while it was being read") }
         count = 0
         while count < max {
-            if offset == size { return .end }
-            if size - offset < 16 {
-                return .failed("truncated dump file; tried to read 16 header bytes, only got \(size - offset)")
+            let have = fill(16)
+            if have == 0 { return .end }
+            if have < 16 {
+                return .failed("truncated dump file; tried to read 16 header bytes, only got \(have)")
             }
             let sec = u32(offset), frac = u32(offset + 4), caplen = u32(offset + 8), len = u32(offset + 12)
             if caplen > maxCaptureLength {
@@ -101,18 +118,19 @@ final class MappedPcapReader {
                     ? "invalid packet capture length \(caplen), bigger than snaplen of \(snapshot)"
                     : "invalid packet capture length \(caplen), bigger than maximum of \(maxCaptureLength)")
             }
-            let data = offset + 16
-            if size - data < Int(caplen) {
-                return .failed("truncated dump file; tried to read \(caplen) captured bytes, only got \(size - data)")
+            let got = fill(16 + Int(caplen)) - 16
+            if got < Int(caplen) {
+                return .failed("truncated dump file; tried to read \(caplen) captured bytes, only got \(got)")
             }
             // As libpcap: a record longer than the file's snapshot length is cut to it.
             let seen = min(caplen, snapshot)
             let ns = nanoseconds ? Int64(frac) : Int64(frac) * 1000
             // libpcap 1.10 reads ts_sec as signed 32 bits.
-            var b = Block(bytes: UnsafeRawBufferPointer(start: base + data, count: Int(seen)), wireLength: Int(len),
+            var b = Block(bytes: UnsafeRawBufferPointer(start: window + (offset + 16 - windowStart), count: Int(seen)),
+                          wireLength: Int(len),
                           seconds: Int64(Int32(bitPattern: sec)) &+ ns / 1_000_000_000, nanoseconds: Int32(ns % 1_000_000_000),
                           linkType: linkType)
-            offset = data + Int(caplen)
+            offset += 16 + Int(caplen)
             count += 1
             space.push(node, &b)
             if space.needsDrain { return .more }
