@@ -73,13 +73,16 @@ final class ControlFile: OpenFile, @unchecked Sendable {
     override func write(_ data: UnsafeRawBufferPointer, offset: Int, interrupted: @escaping () -> Bool) throws(FSError) -> Int {
         // Complete lines run now; a trailing partial line runs at close (echo -n works too).
         var lines: [String] = []
-        lock.withLock {
+        let tooLong = lock.withLock { () -> Bool in
+            if partial.count + data.count > 65_536 { partial.removeAll(); return true }
             partial.append(contentsOf: data)
             while let nl = partial.firstIndex(of: 10) {
                 lines.append(String(decoding: partial[..<nl], as: UTF8.self))
                 partial.removeSubrange(...nl)
             }
+            return false
         }
+        if tooLong { throw tree.controller.fail("ctl", FSError(EINVAL, "a control line longer than 64 KiB")) }
         for l in lines { try run(l) }
         return data.count
     }
@@ -131,7 +134,8 @@ final class TapFile: OpenFile, @unchecked Sendable {
         if data.count == 0 { return 0 }
         let rc = tree.space.inject(node, bytes: data, interrupted: interrupted)
         if rc != 0 {
-            let why = rc == EIO ? "the filter refused the block (see its stats)" : "filter was removed"
+            let why = rc == EIO ? "the filter refused the block (see its stats)"
+                : rc == EAGAIN ? "too many writers are waiting for lagging readers; try again" : "filter was removed"
             throw tree.controller.fail("write \(node.path)/all", FSError(rc, why))
         }
         return data.count

@@ -12,6 +12,8 @@ import PipesFS
 /// Blocking reads are parked in the tap's ring and answered from the producer's thread.
 public final class FUSEBridge: @unchecked Sendable {
     public let tree: Tree
+    /// The session, once created: a waiting write also stops when the session is exiting (unmount, signal).
+    var session: OpaquePointer?
     /// Seconds the kernel may cache entries and attributes (0: the graph can change under it).
     let timeout: Double = 0
     private var nextRequestID: UInt64 = 0

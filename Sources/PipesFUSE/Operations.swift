@@ -150,11 +150,11 @@ func makeOperations() -> fuse_lowlevel_ops {
 
     ops.write = { req, _, buf, size, off, fi in
         let b = bridge(req)
-        _ = b
         guard let f = FUSEBridge.file(fi) else { fuse_reply_err(req, EBADF); return }
+        let session = b.session
         do throws(FSError) {
             let n = try f.write(UnsafeRawBufferPointer(start: buf, count: size), offset: Int(off)) {
-                fuse_req_interrupted(req) != 0
+                fuse_req_interrupted(req) != 0 || (session.map { fuse_session_exited($0) != 0 } ?? false)
             }
             fuse_reply_write(req, n)
         } catch { fuse_reply_err(req, error.errno) }

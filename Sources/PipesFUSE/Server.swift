@@ -28,6 +28,7 @@ public enum FUSEServer {
             throw MountError(description: "cannot start a FUSE session with options \(options.joined(separator: ","))")
         }
         defer { fuse_session_destroy(se) }
+        bridge.session = se
         // A daemon started in the background inherits SIGINT ignored; libfuse only installs handlers for signals at
         // their default, so reset them: SIGINT, SIGTERM and SIGHUP always unmount cleanly.
         signal(SIGINT, SIG_DFL)

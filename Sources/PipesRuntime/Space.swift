@@ -142,9 +142,15 @@ public final class Space: @unchecked Sendable {
 
     /// Writes `bytes` into `node`'s output (or, for input-injectable filters, its input), as one block.
     /// Lossless: waits for lagging lossless readers like a pipe writer.
+    /// At most this many writers wait for lagging readers at once; more get EAGAIN. Each waiting writer holds a
+    /// FUSE worker thread (64 at most), and the workers are what interrupts and releases need to get through.
+    public static let maxWaitingWriters = 32
+    private var waitingWriters = 0
+
     public func inject(_ node: Node, bytes: UnsafeRawBufferPointer, interrupted: () -> Bool) -> Int32 {
         lock.lock()
         if node.removed { lock.unlock(); return ENODEV_ }
+        if waitingWriters >= Space.maxWaitingWriters { lock.unlock(); return EAGAIN_ }
         var block = Block(bytes: bytes, linkType: injectionLinkType(node))
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -162,8 +168,10 @@ public final class Space: @unchecked Sendable {
         } else {
             forward(node, 1, &block)
         }
+        waitingWriters += 1
         lock.unlock()
         finishBatch(mayWait: true, stopRequested: interrupted)
+        lock.withLock { waitingWriters -= 1 }
         return 0
     }
 
@@ -282,4 +290,5 @@ public final class Space: @unchecked Sendable {
 import Glibc
 let ENODEV_ = ENODEV
 let EIO_ = EIO
+let EAGAIN_ = EAGAIN
 #endif
