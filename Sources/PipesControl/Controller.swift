@@ -179,12 +179,16 @@ public final class Controller: @unchecked Sendable {
     public func makeDirectory(in parent: Node?, named name: String, uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> Node {
         let op = "mkdir \(pathOf(parent, name))"
         try checkName(name, root: parent == nil, op: op)
+        if (try withLock { () throws(ControlError) -> Bool in child(of: parent, named: name) != nil }) {
+            throw fail(op, ControlError(EEXIST, "'\(name)' exists"))
+        }
+        // Instantiate without the lock: a filter may open files (pcapout), and a path inside this very mount
+        // would need a FUSE worker that waits for the lock.
+        let (d, filter, selector, isClass) = try instantiate(name, below: parent, op: op)
         space.lock.lock()
         defer { space.lock.unlock() }
-        if let p = parent, p.removed { throw fail(op, ControlError(ENOENT, "parent was removed")) }
-        if child(of: parent, named: name) != nil { throw fail(op, ControlError(EEXIST, "'\(name)' exists")) }
-        // Instantiation parses arguments only; it can run without the lock, but is cheap enough to keep simple.
-        let (d, filter, selector, isClass) = try instantiate(name, below: parent, op: op)
+        if let p = parent, p.removed { filter.shutdown(); throw fail(op, ControlError(ENOENT, "parent was removed")) }
+        if child(of: parent, named: name) != nil { filter.shutdown(); throw fail(op, ControlError(EEXIST, "'\(name)' exists")) }
         do {
             try filter.attach(streamLinkType: parent.flatMap { space.streamLinkType($0) })
         } catch {

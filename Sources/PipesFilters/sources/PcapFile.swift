@@ -70,6 +70,14 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             let e = errno
             throw FilterError("pcap source: cannot read '\(path)': \(String(cString: strerror(e)))", errno: e)
         }
+        // Only regular files: a FIFO or device would block the source (and the graph) while it is silent.
+        var st = stat()
+        let fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)  // O_NONBLOCK: opening a FIFO must not wait
+        let isRegular = fd >= 0 && fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+        if fd >= 0 { close(fd) }
+        if !isRegular {
+            throw FilterError("pcap source: '\(path)' is not a regular file (FIFOs and devices are not supported)")
+        }
         guard let h = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &err) else {
             throw FilterError("pcap source: '\(path)' is not a capture file libpcap can read: \(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))")
         }
