@@ -45,11 +45,6 @@ public struct ClassSelector: Equatable, Sendable, CustomStringConvertible {
         return ClassSelector(ranges: ranges, negated: negated, text: text)
     }
 
-    /// True if `text` looks like a selector (so `mkdir dport/80` selects a class rather than naming a filter).
-    public static func looksLikeSelector(_ text: String, names: [String: UInt32]) -> Bool {
-        (try? parse(text, names: names)) != nil
-    }
-
     private static func value(_ s: Substring, _ names: [String: UInt32], _ whole: String) throws(FilterError) -> UInt32 {
         if s.isEmpty { throw FilterError("empty class value in '\(whole)'") }
         if let v = names[String(s).lowercased()] { return v }

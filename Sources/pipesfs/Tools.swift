@@ -130,12 +130,3 @@ func format2(_ v: Double) -> String {
     let r = (v * 100).rounded() / 100
     return "\(r)"
 }
-
-extension String {
-    func trimmingWhitespace() -> String {
-        var s = Substring(self)
-        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
-        while let l = s.last, l.isWhitespace { s = s.dropLast() }
-        return String(s)
-    }
-}

@@ -119,11 +119,11 @@ struct ClassSelectorTests {
     @Test("a name is not a selector without the parent's names")
     func namesNeedParent() {
         #expect(parseError("ssh") != nil)
-        #expect(!ClassSelector.looksLikeSelector("ssh", names: [:]))
-        #expect(ClassSelector.looksLikeSelector("ssh", names: services))
-        #expect(ClassSelector.looksLikeSelector("80", names: [:]))
-        #expect(!ClassSelector.looksLikeSelector("count", names: services))
-        #expect(!ClassSelector.looksLikeSelector("bpf=tcp", names: services))
+        #expect((try? ClassSelector.parse("ssh", names: [:])) == nil)
+        #expect((try? ClassSelector.parse("ssh", names: services)) != nil)
+        #expect((try? ClassSelector.parse("80", names: [:])) != nil)
+        #expect((try? ClassSelector.parse("count", names: services)) == nil)
+        #expect((try? ClassSelector.parse("bpf=tcp", names: services)) == nil)
     }
 
     @Test("the default edge accepts every non-zero class")

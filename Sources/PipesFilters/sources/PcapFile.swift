@@ -29,7 +29,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     private var lastError: String?
     private var handle: OpaquePointer?
     /// The zero-copy reader, for classic pcap files (pcapng goes through `handle`).
-    private var mapped: MappedPcapReader?
+    private var fastReader: PcapFileReader?
     /// Strong while the source thread runs (so an rmdir of the source, or a controller dropped without
     /// shutdown, cannot free them under it); the thread clears both when it exits, which breaks the
     /// node → filter → node cycle. Not weak: a weak reference gives an object a side table and makes every
@@ -61,7 +61,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         let h = try PcapFileSource.open(p)
         handle = h
         linkType = LinkType(rawValue: pcap_datalink(h))
-        mapped = MappedPcapReader(path: p, linkType: linkType)
+        fastReader = PcapFileReader(path: p, linkType: linkType)
     }
 
     static func open(_ path: String) throws(FilterError) -> OpaquePointer {
@@ -169,14 +169,14 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             var n = 0
             space.lock.lock()
             if node.removed { space.lock.unlock(); break }
-            if let m = mapped {
+            if let m = fastReader {
                 switch m.dispatch(space: space, node: Unmanaged.passUnretained(node), max: batch, count: &n) {
                 case .more: break
                 case .end: ended = true
                 case .failed(let why): failure = why; ended = true
                 }
             }
-            while mapped == nil && n < batch {
+            while fastReader == nil && n < batch {
                 let rc = dispatcher.dispatch(h, max: Int32(batch - n))
                 n += dispatcher.count
                 // A lossless reader lags (pcap_breakloop may surface as PCAP_ERROR_BREAK on the next call).
@@ -235,7 +235,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         handle = nil
         do {
             handle = try PcapFileSource.open(path)
-            mapped = MappedPcapReader(path: path, linkType: handle.map { LinkType(rawValue: pcap_datalink($0)) })
+            fastReader = PcapFileReader(path: path, linkType: handle.map { LinkType(rawValue: pcap_datalink($0)) })
         } catch {
             let msg = "source \(node?.name ?? "?"): \(error.message)"
             state.withLock { lastError = msg; _finished = true }

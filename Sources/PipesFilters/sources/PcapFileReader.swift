@@ -8,7 +8,7 @@ import PipesRuntime
 /// are handed to the graph in place, with none of libpcap's two `fread` calls per record. It does not map the
 /// file: a capture truncated while it is played must give an error, not SIGBUS. pcapng and anything unusual go
 /// through libpcap instead. Damage is reported the way libpcap reports it (truncated record, impossible length).
-final class MappedPcapReader {
+final class PcapFileReader {
     enum Status { case more, end, failed(String) }
 
     private let fd: Int32

@@ -9,7 +9,7 @@ import PipesRuntime
 import PipesTestSupport
 import Testing
 
-// The zero-copy classic-pcap reader (MappedPcapReader) must read exactly what libpcap reads: the same records
+// The zero-copy classic-pcap reader (PcapFileReader) must read exactly what libpcap reads: the same records
 // before the end or the damage, the same bytes, wire lengths, timestamps and link type, and damage reported the
 // way libpcap words it. libpcap here is opened as the pcap source opens it (nanosecond precision, pcap_next_ex).
 
@@ -56,10 +56,10 @@ func mappedCaseLibpcap(_ path: String) -> (MappedCaseRead?, String) {
     return (r, "")
 }
 
-/// Reads `path` with `MappedPcapReader` into a node, `batch` records per dispatch, as the source thread does;
+/// Reads `path` with `PcapFileReader` into a node, `batch` records per dispatch, as the source thread does;
 /// nil when the reader refuses the file (the source then uses libpcap).
 func mappedCaseMapped(_ path: String, batch: Int = 7) -> MappedCaseRead? {
-    guard let reader = MappedPcapReader(path: path) else { return nil }
+    guard let reader = PcapFileReader(path: path) else { return nil }
     let space = Space()
     let collector = RecordingFilter(forwardAs: 1)
     let node = handMadeNode(space, "x", collector)
@@ -69,7 +69,7 @@ func mappedCaseMapped(_ path: String, batch: Int = 7) -> MappedCaseRead? {
     var calls = 0
     while r.end == nil {
         calls += 1
-        if calls > 1_000_000 { r.end = .failed("MappedPcapReader never ended"); break }
+        if calls > 1_000_000 { r.end = .failed("PcapFileReader never ended"); break }
         var n = -1
         let before = collector.seen.count
         space.lock.lock()
@@ -104,10 +104,10 @@ func mappedCaseErrorKind(_ message: String) -> String {
     return message
 }
 
-/// Expects the mapped reader to yield what libpcap yields. Returns false (after recording why) if it does not.
-/// With `mayRefuse`, the mapped reader may also refuse the file (the source then reads it with libpcap).
+/// Expects the fast reader to yield what libpcap yields. Returns false (after recording why) if it does not.
+/// With `mayRefuse`, the fast reader may also refuse the file (the source then reads it with libpcap).
 @discardableResult
-func expectMappedEqualsLibpcap(_ path: String, batch: Int = 7, mayRefuse: Bool = false,
+func expectFastEqualsLibpcap(_ path: String, batch: Int = 7, mayRefuse: Bool = false,
                                sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
     let (l, refusal) = mappedCaseLibpcap(path)
     guard let l else {
@@ -116,7 +116,7 @@ func expectMappedEqualsLibpcap(_ path: String, batch: Int = 7, mayRefuse: Bool =
     }
     guard let m = mappedCaseMapped(path, batch: batch) else {
         if mayRefuse { return true }
-        Issue.record("MappedPcapReader refuses \(path)", sourceLocation: sourceLocation)
+        Issue.record("PcapFileReader refuses \(path)", sourceLocation: sourceLocation)
         return false
     }
     var same = true
@@ -156,19 +156,19 @@ func expectMappedEqualsLibpcap(_ path: String, batch: Int = 7, mayRefuse: Bool =
     return same
 }
 
-/// Writes `file` to a temporary path (ending in `name`), expects the mapped reader to read it as libpcap does
-/// (`expectMappedEqualsLibpcap`), removes it, and returns what the mapped reader read (nil when it refused the file).
+/// Writes `file` to a temporary path (ending in `name`), expects the fast reader to read it as libpcap does
+/// (`expectFastEqualsLibpcap`), removes it, and returns what the fast reader read (nil when it refused the file).
 @discardableResult
 func expectAgreement(_ file: HandPcap, _ name: String, mayRefuse: Bool = false, _ comment: Comment? = nil,
                      sourceLocation: SourceLocation = #_sourceLocation) throws -> MappedCaseRead? {
     let path = try file.write(name)
     defer { unlink(path) }
-    #expect(expectMappedEqualsLibpcap(path, mayRefuse: mayRefuse, sourceLocation: sourceLocation), comment,
+    #expect(expectFastEqualsLibpcap(path, mayRefuse: mayRefuse, sourceLocation: sourceLocation), comment,
             sourceLocation: sourceLocation)
     return mappedCaseMapped(path)
 }
 
-/// Expects both readers to agree on a file damaged after its first record, and the mapped reader to read that one
+/// Expects both readers to agree on a file damaged after its first record, and the fast reader to read that one
 /// record, then fail with a reason that starts with `failure`.
 func expectDamaged(_ file: HandPcap, _ name: String, failure: String,
                    sourceLocation: SourceLocation = #_sourceLocation) throws {
@@ -187,31 +187,31 @@ func handFrame(_ n: Int, seed: UInt8 = 0) -> [UInt8] {
 }
 
 @Suite("mapped pcap reader equals libpcap")
-struct MappedPcapTests {
+struct PcapFileReaderTests {
     @Test("every corpus capture it accepts reads as libpcap reads it", arguments: Corpus.files)
     func corpus(name: String) throws {
         let path = try #require(Corpus.directory) + "/" + name
-        guard MappedPcapReader(path: path) != nil else {
+        guard PcapFileReader(path: path) != nil else {
             // Refused: it must be something other than a classic version 2.4 file (the libpcap path reads it).
             let head = Array((FileManager.default.contents(atPath: path) ?? Data()).prefix(8))
             let classic24 = head.count == 8 && (head[0...3] == [0xD4, 0xC3, 0xB2, 0xA1] || head[0...3] == [0x4D, 0x3C, 0xB2, 0xA1])
                 && head[4...7] == [2, 0, 4, 0]
-            #expect(!classic24, "\(name) is classic pcap 2.4 but the mapped reader refused it")
+            #expect(!classic24, "\(name) is classic pcap 2.4 but the fast reader refused it")
             return
         }
         // Batches of 1, of a few and of many: record boundaries must not depend on where a batch ends.
         for batch in [1, 7, 256] {
-            expectMappedEqualsLibpcap(path, batch: batch)
+            expectFastEqualsLibpcap(path, batch: batch)
         }
     }
 
-    @Test("the corpus exercises the mapped reader")
+    @Test("the corpus exercises the fast reader")
     func corpusCoverage() throws {
         let dir = try #require(Corpus.directory)
-        let accepted = Corpus.files.filter { MappedPcapReader(path: dir + "/" + $0) != nil }
-        #expect(accepted.count >= 20, "only \(accepted.count) of \(Corpus.files.count) captures are read by the mapped reader")
+        let accepted = Corpus.files.filter { PcapFileReader(path: dir + "/" + $0) != nil }
+        #expect(accepted.count >= 20, "only \(accepted.count) of \(Corpus.files.count) captures are read by the fast reader")
         for known in ["bigtcp-ipv4.pcap", "tcp-handshake-nano.pcap", "timestamp_invalid_nano.pcap", "ppp_ip_udp_dns.pcap"] {
-            #expect(accepted.contains(known), "\(known) should be read by the mapped reader")
+            #expect(accepted.contains(known), "\(known) should be read by the fast reader")
         }
         for refused in Corpus.files where refused.hasSuffix(".pcapng") {
             #expect(!accepted.contains(refused), "\(refused) is pcapng: the libpcap path reads it")
@@ -304,16 +304,16 @@ struct MappedPcapTests {
     func refused() throws {
         var paths: [String] = []
         defer { for p in paths { unlink(p) } }
-        /// Writes `file` (removed at the end) and expects the mapped reader to refuse it; returns its path.
+        /// Writes `file` (removed at the end) and expects the fast reader to refuse it; returns its path.
         @discardableResult
         func expectRefused(_ file: HandPcap, _ name: String, _ comment: Comment,
                            sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
             let p = try file.write(name)
             paths.append(p)
-            #expect(MappedPcapReader(path: p) == nil, comment, sourceLocation: sourceLocation)
+            #expect(PcapFileReader(path: p) == nil, comment, sourceLocation: sourceLocation)
             return p
         }
-        // Version 2.3 (caplen and len may be swapped) and 2.2 (they are): libpcap reads them, the mapped reader does not.
+        // Version 2.3 (caplen and len may be swapped) and 2.2 (they are): libpcap reads them, the fast reader does not.
         for minor: UInt16 in [3, 2] {
             for big in [false, true] {
                 var f = HandPcap(bigEndian: big, minor: minor)
@@ -325,7 +325,7 @@ struct MappedPcapTests {
         // pcapng: the corpus's, and a minimal one written here (section header and interface description blocks).
         if let dir = Corpus.directory {
             for name in Corpus.files where name.hasSuffix(".pcapng") {
-                #expect(MappedPcapReader(path: dir + "/" + name) == nil, "\(name)")
+                #expect(PcapFileReader(path: dir + "/" + name) == nil, "\(name)")
             }
         }
         var shb = HandPcap()
@@ -358,7 +358,7 @@ struct MappedPcapTests {
             short.bytes.removeLast(24 - n)
             try expectRefused(short, "short\(n).pcap", "\(n)-byte file")
         }
-        #expect(MappedPcapReader(path: "/nonexistent-\(getpid())/x.pcap") == nil)
+        #expect(PcapFileReader(path: "/nonexistent-\(getpid())/x.pcap") == nil)
     }
 
     @Test("out-of-range fractions are normalized as the libpcap path normalizes them")
@@ -420,14 +420,14 @@ struct MappedPcapTests {
                 ("sll-can", 113, sll, nil), ("sll2-can", 276, sll2, nil)]
     }()
 
-    @Test("pseudo-headers libpcap rewrites (or the mapped reader leaves the file to libpcap)",
+    @Test("pseudo-headers libpcap rewrites (or the fast reader leaves the file to libpcap)",
           arguments: [0, 1, 2, 3, 4], [false, true])
     func pseudoHeaders(index: Int, bigEndian: Bool) throws {
         let r = Self.pseudoHeaderRecords[index]
         var f = HandPcap(bigEndian: bigEndian, linkType: r.linkType)
         f.record(seconds: 1, fraction: 1, data: r.data, wire: r.wire)
         // libpcap swaps these pseudo-headers to host order in files of the other byte order (swap_pseudo_headers),
-        // and fixes up memory-mapped USB lengths in any file; the mapped reader hands the bytes over as they are.
+        // and fixes up memory-mapped USB lengths in any file; the fast reader hands the bytes over as they are.
         try expectAgreement(f, "\(r.name).pcap", mayRefuse: true, "\(r.name), big-endian \(bigEndian)")
     }
 
@@ -464,7 +464,7 @@ struct MappedPcapTests {
         try withCaptureSource(f, named: "x", options: ",paused") { c, node, path in
             let (libpcap, _) = mappedCaseLibpcap(path)
             let l = try #require(libpcap)
-            #expect(expectMappedEqualsLibpcap(path))
+            #expect(expectFastEqualsLibpcap(path))
 
             let ring = openTap(c, node, capacity: 1 << 20)
             try c.control(node, "start")
