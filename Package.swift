@@ -27,7 +27,7 @@ let package = Package(
         // §6.1 the filter library, one file per filter.
         .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "CPcap"], swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.
-        .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters"]),
+        .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters", "PipesBuffering"]),
         // §4.1 the graph as a node tree (no FUSE types; unit-testable without a mount).
         .target(name: "PipesFS", dependencies: ["PipesControl", "PipesRuntime", "PipesBuffering", "PipesFilters"]),
         // The libfuse3 low-level wire layer, bridging to PipesFS.

@@ -45,17 +45,27 @@ public final class TapRing: @unchecked Sendable {
         let deliver: Delivery
     }
 
-    public let capacity: Int
-    private let mask: Int
-    private let storage: UnsafeMutableRawPointer
+    /// Current size in bytes. A `.block` ring grows (doubling, up to `maxCapacity`) rather than drop a record
+    /// that overshoots the high-water mark, and shrinks back to `initialCapacity` once a reader emptied it.
+    public private(set) var capacity: Int
+    public let initialCapacity: Int
+    public let maxCapacity: Int
+    private var mask: Int
+    private var storage: UnsafeMutableRawPointer
     /// Free-running write and read indices (bytes).
     private var head = 0
     private var tail = 0
-    public let policy: OverflowPolicy
-    /// Above this fill level a `.block` ring asks its producer to wait.
+    /// `.block` or `.drop`; the graph re-evaluates it after every change (a tap moved under a live source
+    /// becomes lossy).
+    public private(set) var policy: OverflowPolicy
+    /// Above this fill level a `.block` ring asks its producer to wait. Fixed: growth absorbs overshoot only.
     public let highWater: Int
     private let lock = ConditionLock()
     private var parked: [Parked] = []
+    /// Called once (outside the lock) when the ring is no longer congested: parked writers retry.
+    private var drainWaiters: [() -> Void] = []
+    /// Times the ring grew to keep a record on a lossless stream.
+    public private(set) var grown: UInt64 = 0
     private var producerEnded = false
     private var readerGone = false
     /// Records dropped for this reader (policy `.drop`, or a record larger than the ring).
@@ -64,10 +74,12 @@ public final class TapRing: @unchecked Sendable {
     /// Called (outside the ring lock) when the ring becomes readable, for poll notifications.
     private var readableNotifier: (@Sendable () -> Void)?
 
-    public init(capacity requested: Int = 4 << 20, policy: OverflowPolicy) {
+    public init(capacity requested: Int = 4 << 20, policy: OverflowPolicy, maxCapacity: Int = 64 << 20) {
         var c = 4096
         while c < requested { c <<= 1 }
         capacity = c
+        initialCapacity = c
+        self.maxCapacity = max(c, maxCapacity)
         mask = c - 1
         storage = .allocate(byteCount: c, alignment: 64)
         self.policy = policy
@@ -87,8 +99,13 @@ public final class TapRing: @unchecked Sendable {
         if readerGone || producerEnded { return [] }
         let used = head - tail
         if n > capacity - used {
-            dropped &+= 1
-            return []
+            // Lossless: several producers may each overshoot the high-water mark by a record before they
+            // wait; grow rather than lose one. Lossy, or past the hard limit: drop and count.
+            if policy == .drop || used + n > maxCapacity {
+                dropped &+= 1
+                return []
+            }
+            grow(toHold: used + n)
         }
         if let h = header { copyIn(h) }
         copyIn(body)
@@ -110,9 +127,32 @@ public final class TapRing: @unchecked Sendable {
         head &+= src.count
     }
 
+    @inline(__always)
+    private var congestedLocked: Bool { policy == .block && !readerGone && !producerEnded && head - tail >= highWater }
+
     /// True when a `.block` ring is filled past its high-water mark: the producer should wait.
-    public var isCongested: Bool {
-        lock.withLock { policy == .block && !readerGone && head - tail >= highWater }
+    public var isCongested: Bool { lock.withLock { congestedLocked } }
+
+    /// Registers `f` to run once (on the thread that drains the ring, without the ring lock) when the ring is no
+    /// longer congested. Returns false, without registering, if it is not congested now.
+    public func whenDrained(_ f: @escaping () -> Void) -> Bool {
+        lock.withLock {
+            guard congestedLocked else { return false }
+            drainWaiters.append(f)
+            return true
+        }
+    }
+
+    /// Changes the overflow policy (the stream feeding the tap changed). Waiting producers are released when
+    /// the ring becomes lossy.
+    public func setPolicy(_ p: OverflowPolicy) {
+        let fire: [() -> Void] = lock.withLock {
+            if policy == p { return [] }
+            policy = p
+            lock.broadcast()
+            return takeDrainWaitersLocked()
+        }
+        for f in fire { f() }
     }
 
     /// Waits (producer side, without the space lock) until the reader drained below the high-water mark,
@@ -120,7 +160,7 @@ public final class TapRing: @unchecked Sendable {
     public func waitUntilDrained(timeoutNanoseconds: Int64) -> Bool {
         lock.withLock {
             let deadline = monotonicNanoseconds() + timeoutNanoseconds
-            while !readerGone && !producerEnded && head - tail >= highWater {
+            while congestedLocked {
                 let left = deadline - monotonicNanoseconds()
                 if left <= 0 { return false }
                 lock.wait(timeoutNanoseconds: left)
@@ -132,17 +172,24 @@ public final class TapRing: @unchecked Sendable {
     /// Delivers data to parked reads and calls the poll notifier. Call without the space lock if possible.
     public func serviceWaiters() {
         var notifier: (@Sendable () -> Void)?
+        var fire: [() -> Void] = []
         lock.withLock {
-            deliverParkedLocked()
+            if deliverParkedLocked() { fire = takeDrainWaitersLocked() }
             if head != tail || producerEnded { notifier = readableNotifier }
         }
         notifier?()
+        for f in fire { f() }
     }
 
     /// The producer will write no more: readers get what is buffered, then end of stream.
     public func endOfStream() {
-        lock.withLock { producerEnded = true; lock.broadcast() }
+        let fire = lock.withLock { () -> [() -> Void] in
+            producerEnded = true
+            lock.broadcast()
+            return takeDrainWaitersLocked()
+        }
         serviceWaiters()
+        for f in fire { f() }
     }
 
     public var isEnded: Bool { lock.withLock { producerEnded } }
@@ -158,8 +205,10 @@ public final class TapRing: @unchecked Sendable {
                      deliver: @escaping Delivery) -> Bool {
         lock.lock()
         if head != tail {
-            deliverLocked(max: max, deliver)
+            let drained = deliverLocked(max: max, deliver)
+            let fire = drained ? takeDrainWaitersLocked() : []
             lock.unlock()
+            for f in fire { f() }
             return true
         }
         if producerEnded || readerGone {
@@ -188,13 +237,15 @@ public final class TapRing: @unchecked Sendable {
 
     /// The reader closed its file: parked reads end, the producer stops writing and stops waiting on it.
     public func closeReader() {
-        lock.withLock {
+        let fire = lock.withLock { () -> [() -> Void] in
             readerGone = true
             let ps = parked
             parked.removeAll()
             for p in ps { p.deliver(.endOfStream) }
             lock.broadcast()
+            return takeDrainWaitersLocked()
         }
+        for f in fire { f() }
     }
 
     public func setReadableNotifier(_ f: (@Sendable () -> Void)?) {
@@ -207,21 +258,25 @@ public final class TapRing: @unchecked Sendable {
 
     // MARK: internals (lock held)
 
-    private func deliverParkedLocked() {
+    /// Returns true if a delivery took the ring below its high-water mark.
+    private func deliverParkedLocked() -> Bool {
+        var drained = false
         while !parked.isEmpty {
             if head != tail {
                 let p = parked.removeFirst()
-                deliverLocked(max: p.max, p.deliver)
+                if deliverLocked(max: p.max, p.deliver) { drained = true }
             } else if producerEnded {
                 let p = parked.removeFirst()
                 p.deliver(.endOfStream)
             } else {
-                return
+                break
             }
         }
+        return drained
     }
 
-    private func deliverLocked(max: Int, _ deliver: Delivery) {
+    /// Hands the reader up to `max` bytes. Returns true if that took the ring below its high-water mark.
+    private func deliverLocked(max: Int, _ deliver: Delivery) -> Bool {
         let n = min(max, head - tail)
         let start = tail & mask
         let first = min(n, capacity - start)
@@ -231,6 +286,45 @@ public final class TapRing: @unchecked Sendable {
         let wasCongested = head - tail >= highWater
         tail &+= n
         bytesDelivered &+= UInt64(n)
-        if wasCongested && head - tail < highWater { lock.broadcast() }
+        if head == tail && capacity > initialCapacity { resize(initialCapacity) }
+        if wasCongested && head - tail < highWater {
+            lock.broadcast()
+            return true
+        }
+        return false
+    }
+
+    private func takeDrainWaitersLocked() -> [() -> Void] {
+        if drainWaiters.isEmpty { return [] }
+        defer { drainWaiters = [] }
+        return drainWaiters
+    }
+
+    private func grow(toHold need: Int) {
+        var c = capacity
+        while c < need { c <<= 1 }
+        resize(min(c, maxCapacity))
+        grown &+= 1
+    }
+
+    /// Moves the buffered bytes into storage of `newCapacity` (a power of two). Indices stay valid: they are
+    /// free-running and only ever taken modulo the capacity.
+    private func resize(_ newCapacity: Int) {
+        let used = head - tail
+        precondition(used <= newCapacity)
+        let fresh = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 64)
+        let newMask = newCapacity - 1
+        var copied = 0
+        while copied < used {
+            let from = (tail &+ copied) & mask
+            let to = (tail &+ copied) & newMask
+            let n = min(used - copied, capacity - from, newCapacity - to)
+            (fresh + to).copyMemory(from: storage + from, byteCount: n)
+            copied += n
+        }
+        storage.deallocate()
+        storage = fresh
+        capacity = newCapacity
+        mask = newMask
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import PipesBuffering
 
 /// A refused control operation: the errno the file operation returns and a one-line reason.
 public struct ControlError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -33,21 +34,33 @@ public func errnoName(_ e: Int32) -> String {
     case ENOSYS: "ENOSYS"
     case EAGAIN: "EAGAIN"
     case EINTR: "EINTR"
+    case EMFILE: "EMFILE"
+    case ENOTCONN: "ENOTCONN"
     default: "errno \(e)"
     }
 }
 
 /// Recent errors, newest last: the contents of `/pipes/.errors`. Thread-safe.
+///
+/// `append` never blocks on I/O: it is called with the space lock held, and the log `sink` (stderr, syslog) may
+/// block. Lines for the sink are queued (at most `limit`; the oldest are dropped and counted) and written by a
+/// logging thread that starts on the first line and ends when idle.
 public final class ErrorLog: @unchecked Sendable {
     private var lines: [String] = []
     private let limit: Int
-    private var lock = pthread_mutex_t()
-    /// Also called for every line (the daemon logs to stderr/syslog).
-    public var sink: (@Sendable (String) -> Void)?
+    private let lock = ConditionLock()
+    private var queued: [String] = []
+    private var queueDropped = 0
+    private var writerRunning = false
+    /// Called for every line, on the logging thread (the daemon logs to stderr or syslog).
+    public var sink: (@Sendable (String) -> Void)? {
+        get { lock.withLock { _sink } }
+        set { lock.withLock { _sink = newValue } }
+    }
+    private var _sink: (@Sendable (String) -> Void)?
 
     public init(limit: Int = 256) {
         self.limit = limit
-        pthread_mutex_init(&lock, nil)
     }
 
     public func append(_ message: String) {
@@ -57,16 +70,54 @@ public final class ErrorLog: @unchecked Sendable {
         var buf = [CChar](repeating: 0, count: 32)
         strftime(&buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tmv)
         let line = "\(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) \(message)"
-        pthread_mutex_lock(&lock)
-        lines.append(line)
-        if lines.count > limit { lines.removeFirst(lines.count - limit) }
-        pthread_mutex_unlock(&lock)
-        sink?(line)
+        let start: Bool = lock.withLock {
+            lines.append(line)
+            if lines.count > limit { lines.removeFirst(lines.count - limit) }
+            guard _sink != nil else { return false }
+            queued.append(line)
+            if queued.count > limit { queued.removeFirst(); queueDropped += 1 }
+            lock.signal()
+            if writerRunning { return false }
+            writerRunning = true
+            return true
+        }
+        if start { startThread(name: "errorlog") { [self] in writeQueued() } }
+    }
+
+    private func writeQueued() {
+        while true {
+            lock.lock()
+            while queued.isEmpty {
+                if !lock.wait(timeoutNanoseconds: 1_000_000_000) && queued.isEmpty {
+                    writerRunning = false
+                    lock.unlock()
+                    return
+                }
+            }
+            var batch = queued
+            queued.removeAll()
+            if queueDropped > 0 {
+                batch.insert("(\(queueDropped) log lines dropped: the log was not keeping up)", at: 0)
+                queueDropped = 0
+            }
+            let sink = _sink
+            lock.unlock()
+            for l in batch { sink?(l) }
+        }
+    }
+
+    /// Waits until queued lines were handed to the sink (tests, shutdown). Returns false on timeout.
+    @discardableResult
+    public func flush(timeoutNanoseconds: Int64 = 2_000_000_000) -> Bool {
+        let deadline = monotonicNanoseconds() + timeoutNanoseconds
+        while lock.withLock({ !queued.isEmpty }) {
+            if monotonicNanoseconds() > deadline { return false }
+            usleep(1000)
+        }
+        return true
     }
 
     public var text: String {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
-        return lines.map { $0 + "\n" }.joined()
+        lock.withLock { lines.map { $0 + "\n" }.joined() }
     }
 }

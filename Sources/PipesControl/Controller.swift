@@ -221,37 +221,76 @@ public final class Controller: @unchecked Sendable {
     }
 
     /// `mv PARENT/NAME NEWPARENT/NEWNAME`: re-parents a filter live (readers keep their files), renames it (a
-    /// different `=ARGS` reconfigures it), or moves a symlink to another directory.
+    /// different `=ARGS` gives it a fresh instance with those arguments), or moves a symlink to another directory.
     public func rename(in parent: Node?, named name: String, to newParent: Node?, as newName: String,
                        noReplace: Bool = false) throws(ControlError) {
         let op = "rename \(pathOf(parent, name)) -> \(pathOf(newParent, newName))"
         try checkName(newName, root: newParent == nil, op: op)
-        try withLock { () throws(ControlError) in
-            if let np = newParent, np.removed { throw fail(op, ControlError(ENOENT, "target directory was removed")) }
-            guard let entry = child(of: parent, named: name) else { throw fail(op, ControlError(ENOENT, "no such entry")) }
-            if let existing = child(of: newParent, named: newName) {
-                if case .node(let a) = entry, case .node(let b) = existing, a === b { return }
-                throw fail(op, ControlError(EEXIST, "'\(newName)' exists in the target directory"))
-            }
-            switch entry {
-            case .link(let dir, _, _, let text, let target):
-                guard let np = newParent else { throw fail(op, ControlError(EPERM, "symlinks live inside filter directories")) }
-                if target === np || target.reaches(np) { throw fail(op, ControlError(ELOOP, "the link would make a loop")) }
-                if np !== dir && (np.links.contains(where: { $0.target === target }) || target.parent === np) {
-                    throw fail(op, ControlError(EEXIST, "'\(np.name)' already feeds '\(target.name)'"))
-                }
-                // Relative text would point elsewhere from the new directory: keep it absolute.
-                let newText = np === dir || text.hasPrefix("/") ? text : mountPoint + target.path
-                space.removeLink(in: dir, name: name)
-                space.addLink(in: np, name: newName, text: newText, to: target)
-                space.refresh()
-            case .node(let n):
-                try moveNode(n, to: newParent, as: newName, op: op)
-            }
+        // New arguments mean a new filter instance, made without the lock (it may open files).
+        let wanted: (Node, FilterDescriptor, String)? = try withLock { () throws(ControlError) -> (Node, FilterDescriptor, String)? in
+            // Anything the locked pass below refuses first (a missing entry, an existing target) is left to it.
+            guard case .node(let n)? = child(of: parent, named: name), child(of: newParent, named: newName) == nil else { return nil }
+            return try argumentChange(n, newName, op: op).map { (n, n.descriptor, $0) }
         }
+        var fresh: (any Filter)?
+        if let (_, d, args) = wanted {
+            do { fresh = try d.make(args) } catch { throw fail(op, ControlError(EINVAL, prefixed(d.name, error.message))) }
+        }
+        var old: (any Filter)?
+        defer { old?.shutdown() }
+        do throws(ControlError) {
+            try withLock { () throws(ControlError) in
+                if let np = newParent, np.removed { throw fail(op, ControlError(ENOENT, "target directory was removed")) }
+                guard let entry = child(of: parent, named: name) else { throw fail(op, ControlError(ENOENT, "no such entry")) }
+                if let existing = child(of: newParent, named: newName) {
+                    if case .node(let a) = entry, case .node(let b) = existing, a === b { return }
+                    throw fail(op, ControlError(EEXIST, "'\(newName)' exists in the target directory"))
+                }
+                switch entry {
+                case .link(let dir, _, _, let text, let target):
+                    guard let np = newParent else { throw fail(op, ControlError(EPERM, "symlinks live inside filter directories")) }
+                    if target === np || target.reaches(np) { throw fail(op, ControlError(ELOOP, "the link would make a loop")) }
+                    if np !== dir && (np.links.contains(where: { $0.target === target }) || target.parent === np) {
+                        throw fail(op, ControlError(EEXIST, "'\(np.name)' already feeds '\(target.name)'"))
+                    }
+                    // Relative text would point elsewhere from the new directory: keep it absolute.
+                    let newText = np === dir || text.hasPrefix("/") ? text : mountPoint + target.path
+                    space.removeLink(in: dir, name: name)
+                    space.addLink(in: np, name: newName, text: newText, to: target)
+                    space.refresh()
+                case .node(let n):
+                    let change = try argumentChange(n, newName, op: op)
+                    if change != wanted?.2 || (change != nil && wanted?.0 !== n) {
+                        throw fail(op, ControlError(EAGAIN, "the filter changed during the rename; try again"))
+                    }
+                    old = try moveNode(n, to: newParent, as: newName, fresh: fresh, op: op)
+                    fresh = nil
+                }
+            }
+        } catch {
+            fresh?.shutdown()
+            throw error
+        }
+        fresh?.shutdown()
     }
 
-    private func moveNode(_ n: Node, to newParent: Node?, as newName: String, op: String) throws(ControlError) {
+    /// The new argument text a rename to `newName` asks of `n`'s filter, or nil if it keeps its instance.
+    /// Lock held.
+    private func argumentChange(_ n: Node, _ newName: String, op: String) throws(ControlError) -> String? {
+        if n.isClassSelection || n.isSource || n.filter is any InputInjectable || newName == n.name { return nil }
+        let (oldF, oldA) = Controller.splitName(n.name)
+        let (newF, newA) = Controller.splitName(newName)
+        let isJunction = n.descriptor.name == FilterLibrary.junction.name
+        if !isJunction && newF != oldF {
+            throw fail(op, ControlError(EINVAL, "a rename cannot change the filter kind ('\(oldF)' to '\(newF)')"))
+        }
+        return newA != oldA || (isJunction && newA != n.filter.arguments) ? newA : nil
+    }
+
+    /// Moves (and renames) a node; with `fresh`, swaps in that filter instance. Returns the instance it
+    /// replaced, to shut down after the lock is released. Lock held.
+    private func moveNode(_ n: Node, to newParent: Node?, as newName: String, fresh: (any Filter)?,
+                          op: String) throws(ControlError) -> (any Filter)? {
         if (n.isSource || n.filter is any InputInjectable) && newParent != nil {
             throw fail(op, ControlError(EINVAL, "'\(n.name)' stays at the top level (feed it with ln -s)"))
         }
@@ -260,7 +299,6 @@ public final class Controller: @unchecked Sendable {
             throw fail(op, ControlError(EEXIST, "'\(np.name)' already feeds '\(n.name)' through a symlink"))
         }
         var selector = n.selector
-        let oldArguments = n.filter.arguments
         if n.isClassSelection {
             guard let np = newParent, np.descriptor.classifying else {
                 throw fail(op, ControlError(EINVAL, "a class selection belongs below a classifying filter (dport, sport, ipproto, eth)"))
@@ -268,31 +306,21 @@ public final class Controller: @unchecked Sendable {
             do { selector = try ClassSelector.parse(newName, names: np.descriptor.classNames) } catch {
                 throw fail(op, ControlError(EINVAL, error.message))
             }
-        } else if newName != n.name && !n.isSource && !(n.filter is any InputInjectable) {
-            let (oldF, oldA) = Controller.splitName(n.name)
-            let (newF, newA) = Controller.splitName(newName)
-            let isJunction = n.descriptor.name == FilterLibrary.junction.name
-            if !isJunction && newF != oldF {
-                throw fail(op, ControlError(EINVAL, "a rename cannot change the filter kind ('\(oldF)' to '\(newF)')"))
-            }
-            if newA != oldA || (isJunction && newA != n.filter.arguments) {
-                do { try n.filter.reconfigure(arguments: newA) } catch {
-                    throw fail(op, ControlError(EINVAL, "\(n.descriptor.name): \(error.message)"))
-                }
-            }
         }
         let oldParent = n.parent
         let oldName = n.name
         let oldSelector = n.selector
         space.move(n, under: newParent, name: newName, selector: selector)
+        let filter = fresh ?? n.filter
         do {
-            try n.filter.attach(streamLinkType: newParent.flatMap { space.streamLinkType($0) } ?? space.streamLinkType(n))
+            try filter.attach(streamLinkType: newParent.flatMap { space.streamLinkType($0) } ?? space.streamLinkType(n))
         } catch {
             space.move(n, under: oldParent, name: oldName, selector: oldSelector)  // undo
-            if n.filter.arguments != oldArguments { try? n.filter.reconfigure(arguments: oldArguments) }
             throw fail(op, ControlError(error.errno, prefixed(n.descriptor.name, error.message)))
         }
+        let old = fresh.map { n.replaceFilter($0) }
         space.refresh()
+        return old
     }
 
     /// `ln -s TEXT DIR/NAME`: DIR becomes an additional parent of the target (fan-in).
@@ -344,16 +372,9 @@ public final class Controller: @unchecked Sendable {
         let op = "ctl \(node.path): '\(trimmed)'"
         let cmd = String(trimmed.prefix { $0 != " " && $0 != "\t" })
         let arg = String(trimmed.dropFirst(cmd.count)).trimmingWhitespace()
+        if cmd == "args" { return try replaceArguments(node, arg, op: op) }
         try withLock { () throws(ControlError) in
             if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
-            if cmd == "args" {
-                if node.isSource || node.isClassSelection || node.filter is any InputInjectable { throw fail(op, ControlError(EINVAL, "\(node.descriptor.name) takes no arguments here")) }
-                do { try node.filter.reconfigure(arguments: arg) } catch {
-                    let e = error as? FilterError ?? FilterError("\(error)")
-                    throw fail(op, ControlError(EINVAL, prefixed(node.descriptor.name, e.message)))
-                }
-                return
-            }
             switch node.filter.control(cmd, arg) {
             case .success?: space.refresh()
             case .failure(let e)?: throw fail(op, ControlError(e.errno, prefixed(node.descriptor.name, e.message)))
@@ -361,6 +382,37 @@ public final class Controller: @unchecked Sendable {
                 throw fail(op, ControlError(EINVAL, "unknown command '\(cmd)' for \(node.descriptor.name) (see: cat ctl)"))
             }
         }
+    }
+
+    /// `args TEXT`: a fresh instance of the node's filter with new arguments, made without the lock (it may
+    /// open files, even inside this mount), swapped in atomically; the old one keeps running until then.
+    private func replaceArguments(_ node: Node, _ arg: String, op: String) throws(ControlError) {
+        let d = try withLock { () throws(ControlError) -> FilterDescriptor in
+            if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
+            if node.isSource || node.isClassSelection || node.filter is any InputInjectable {
+                throw fail(op, ControlError(EINVAL, "\(node.descriptor.name) takes no arguments here"))
+            }
+            return node.descriptor
+        }
+        let fresh: any Filter
+        do { fresh = try d.make(arg) } catch { throw fail(op, ControlError(EINVAL, prefixed(d.name, error.message))) }
+        var old: (any Filter)?
+        do throws(ControlError) {
+            try withLock { () throws(ControlError) in
+                if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
+                do throws(FilterError) {
+                    try fresh.attach(streamLinkType: node.parent.flatMap { space.streamLinkType($0) } ?? space.streamLinkType(node))
+                } catch {
+                    throw fail(op, ControlError(EINVAL, prefixed(d.name, error.message)))
+                }
+                old = node.replaceFilter(fresh)
+                space.refresh()
+            }
+        } catch {
+            fresh.shutdown()
+            throw error
+        }
+        old?.shutdown()
     }
 
     /// One line written to `/.ctl`: `source NAME=SCHEME:SPEC`.
@@ -400,6 +452,7 @@ public final class Controller: @unchecked Sendable {
                 ("packets_out", "\(st.packetsOut)"), ("bytes_out", "\(st.bytesOut)"),
                 ("dropped", "\(st.tapDrops)"),
                 ("readers", "\(node.taps.count)"),
+                ("writers_waiting", "\(space.pendingWriteCount(node))"),
                 ("stream", node.ended ? "ended" : "open"),
             ]
             if node.isClassSelection { lines.insert(("class", node.selector.text), at: 1) }
@@ -435,10 +488,24 @@ extension Controller {
         c.space.lock.withLock { c.space.remove(n) }
     }
 
-    /// Stops every source and closes every filter (unmount).
+    /// Unmount: stops every source and waits for its thread, answers parked writes (ENOTCONN) and parked reads
+    /// (end of file), closes every filter. Afterwards nothing touches the FUSE session any more.
     public func shutdown() {
-        space.lock.withLock {
-            for n in space.nodes.values { n.filter.shutdown() }
+        let sources: [any SourceFilter] = space.lock.withLock {
+            let ss = space.nodes.values.compactMap { $0.filter as? any SourceFilter }
+            for s in ss { s.shutdown() }
+            return ss
         }
+        for s in sources where !s.waitUntilStopped(timeoutNanoseconds: 5_000_000_000) {
+            errors.append("shutdown: a source thread did not stop within 5 s")
+        }
+        space.failPendingWrites(ENOTCONN)
+        space.lock.withLock {
+            for n in space.nodes.values {
+                for t in n.taps { t.ring.endOfStream() }
+                if !(n.filter is any SourceFilter) { n.filter.shutdown() }
+            }
+        }
+        errors.flush()
     }
 }

@@ -16,12 +16,20 @@ public class OpenFile: @unchecked Sendable {
         deliver(.error(EINVAL))
     }
 
-    /// Cancels a parked read (interrupt).
+    /// Cancels a parked read or write (interrupt).
     public func cancel(requestID: UInt64) {}
 
-    /// Writes. Returns bytes accepted or throws.
-    public func write(_ data: UnsafeRawBufferPointer, offset: Int, interrupted: @escaping () -> Bool) throws(FSError) -> Int {
+    /// Writes. Returns bytes accepted or throws. Files whose writes may wait override the asynchronous form.
+    public func write(_ data: UnsafeRawBufferPointer, offset: Int) throws(FSError) -> Int {
         throw FSError(EBADF, "not open for writing")
+    }
+
+    /// Writes, answering through `completion` exactly once: at once, or later for a write parked behind a lagging
+    /// reader (no thread waits for it). `interrupted` is checked before parking; `cancel(requestID:)` ends a
+    /// parked write with EINTR.
+    public func write(_ data: UnsafeRawBufferPointer, offset: Int, requestID: UInt64, nonBlocking: Bool,
+                      interrupted: () -> Bool, completion: @escaping @Sendable (Result<Int, FSError>) -> Void) {
+        do throws(FSError) { completion(.success(try write(data, offset: offset))) } catch { completion(.failure(error)) }
     }
 
     /// Whether a read would not block now; `notify` is called once when that changes.
@@ -70,7 +78,7 @@ final class ControlFile: OpenFile, @unchecked Sendable {
         }
     }
 
-    override func write(_ data: UnsafeRawBufferPointer, offset: Int, interrupted: @escaping () -> Bool) throws(FSError) -> Int {
+    override func write(_ data: UnsafeRawBufferPointer, offset: Int) throws(FSError) -> Int {
         // Complete lines run now; a trailing partial line runs at close (echo -n works too).
         var lines: [String] = []
         let tooLong = lock.withLock { () -> Bool in
@@ -111,12 +119,14 @@ final class TapFile: OpenFile, @unchecked Sendable {
     let node: Node
     let ring: TapRing?
     let writable: Bool
+    let uid: UInt32
 
-    init(tree: Tree, node: Node, ring: TapRing?, writable: Bool) {
+    init(tree: Tree, node: Node, ring: TapRing?, writable: Bool, uid: UInt32) {
         self.tree = tree
         self.node = node
         self.ring = ring
         self.writable = writable
+        self.uid = uid
     }
 
     override var isStream: Bool { true }
@@ -127,18 +137,38 @@ final class TapFile: OpenFile, @unchecked Sendable {
         ring.read(max: size, id: requestID, nonBlocking: nonBlocking, interrupted: interrupted, deliver: deliver)
     }
 
-    override func cancel(requestID: UInt64) { ring?.cancel(id: requestID) }
+    override func cancel(requestID: UInt64) {
+        ring?.cancel(id: requestID)
+        tree.space.cancelWrite(node, id: requestID)
+    }
 
-    override func write(_ data: UnsafeRawBufferPointer, offset: Int, interrupted: @escaping () -> Bool) throws(FSError) -> Int {
-        guard writable else { throw FSError(EBADF, "not open for writing") }
-        if data.count == 0 { return 0 }
-        let rc = tree.space.inject(node, bytes: data, interrupted: interrupted)
-        if rc != 0 {
-            let why = rc == EIO ? "the filter refused the block (see its stats)"
-                : rc == EAGAIN ? "too many writers are waiting for lagging readers; try again" : "filter was removed"
-            throw tree.controller.fail("write \(node.path)/all", FSError(rc, why))
+    override func write(_ data: UnsafeRawBufferPointer, offset: Int, requestID: UInt64, nonBlocking: Bool,
+                        interrupted: () -> Bool, completion: @escaping @Sendable (Result<Int, FSError>) -> Void) {
+        guard writable else { completion(.failure(FSError(EBADF, "not open for writing"))); return }
+        if data.count == 0 { completion(.success(0)); return }
+        let n = data.count
+        let outcome = tree.space.inject(node, bytes: data, id: requestID, nonBlocking: nonBlocking, interrupted: interrupted) {
+            [self] rc in completion(rc == 0 ? .success(n) : .failure(failure(rc, nonBlocking: false)))
         }
-        return data.count
+        switch outcome {
+        case .done: completion(.success(n))
+        case .parked: break
+        case .failed(let rc): completion(.failure(failure(rc, nonBlocking: nonBlocking)))
+        }
+    }
+
+    /// The error a refused injection reports; the unusual ones are also recorded in `.errors`.
+    private func failure(_ rc: Int32, nonBlocking: Bool) -> FSError {
+        let op = "write \(node.path)/all"
+        switch rc {
+        case EINTR: return FSError(EINTR, "interrupted before the block was delivered")
+        case EAGAIN where nonBlocking: return FSError(EAGAIN, "a lossless reader lags (non-blocking write)")
+        case EAGAIN:
+            return tree.controller.fail(op, FSError(EAGAIN, "more than \(Space.maxPendingWriteBytes >> 20) MiB of writes wait for lagging readers; try again"))
+        case EIO: return tree.controller.fail(op, FSError(EIO, "the filter refused the block (see its stats)"))
+        case ENOTCONN: return FSError(ENOTCONN, "the file system is being unmounted")
+        default: return tree.controller.fail(op, FSError(rc, "filter was removed"))
+        }
     }
 
     override func poll(notify: (@Sendable () -> Void)?) -> Bool {
@@ -148,6 +178,6 @@ final class TapFile: OpenFile, @unchecked Sendable {
     }
 
     override func release() {
-        if let ring { tree.closeTap(node, ring) }
+        if let ring { tree.closeTap(node, ring, uid: uid) }
     }
 }

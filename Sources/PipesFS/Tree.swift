@@ -75,6 +75,10 @@ public final class Tree: @unchecked Sendable {
     public let owner: Caller
     /// Capacity of each reader's tap ring.
     public var tapCapacity = 4 << 20
+    /// Open taps (readers of `all` / `all.pcap`) one user may hold; each costs a ring. Root is not limited.
+    public var maxTapsPerUser = 256
+    /// Open taps by uid. Space lock held.
+    private var tapsByUser: [UInt32: Int] = [:]
 
     public init(controller: Controller, owner: Caller = .root) {
         self.controller = controller
@@ -308,6 +312,12 @@ public final class Tree: @unchecked Sendable {
                 }
                 var ring: TapRing?
                 if reading {
+                    let held = tapsByUser[caller.uid, default: 0]
+                    if caller.uid != 0 && held >= maxTapsPerUser {
+                        throw controller.fail("open \(n.path)/\(k == .pcap ? "all.pcap" : "all")",
+                                              FSError(EMFILE, "uid \(caller.uid) holds \(held) open taps (limit \(maxTapsPerUser))"))
+                    }
+                    tapsByUser[caller.uid] = held + 1
                     let policy: OverflowPolicy = space.isFedByLiveSource(n) ? .drop : .block
                     let tr = TapRing(capacity: tapCapacity, policy: policy)
                     var format = TapFormat.raw
@@ -322,14 +332,16 @@ public final class Tree: @unchecked Sendable {
                     space.refresh()
                     ring = tr
                 }
-                return TapFile(tree: self, node: n, ring: ring, writable: writing)
+                return TapFile(tree: self, node: n, ring: ring, writable: writing, uid: caller.uid)
             }
         }
     }
 
-    func closeTap(_ node: Node, _ ring: TapRing) {
+    func closeTap(_ node: Node, _ ring: TapRing, uid: UInt32) {
         ring.closeReader()
         space.lock.withLock {
+            let held = tapsByUser[uid, default: 1] - 1
+            tapsByUser[uid] = held > 0 ? held : nil
             space.removeTap(node, ring)
             space.refresh()
         }

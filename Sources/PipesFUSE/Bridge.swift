@@ -12,20 +12,43 @@ import PipesFS
 /// Blocking reads are parked in the tap's ring and answered from the producer's thread.
 public final class FUSEBridge: @unchecked Sendable {
     public let tree: Tree
-    /// The session, once created: a waiting write also stops when the session is exiting (unmount, signal).
-    var session: OpaquePointer?
     /// Seconds the kernel may cache entries and attributes (0: the graph can change under it).
     let timeout: Double = 0
     private var nextRequestID: UInt64 = 0
     private let idLock = ConditionLock()
+    /// Stream requests that may be parked, by id: what an interrupt needs to find. libfuse may run the interrupt
+    /// callback while another thread replies, so the callback gets only the id and looks it up here.
+    private var inFlight: [UInt64: OpenFile] = [:]
 
-    public init(tree: Tree) { self.tree = tree }
+    public init(tree: Tree) {
+        self.tree = tree
+        inFlight.reserveCapacity(256)
+    }
 
     func requestID() -> UInt64 {
         idLock.withLock {
             nextRequestID &+= 1
             return nextRequestID
         }
+    }
+
+    /// Records a stream request before it may park, and registers the interrupt callback (after recording:
+    /// libfuse calls it at once if the request was already interrupted).
+    func track(_ id: UInt64, _ f: OpenFile, _ req: fuse_req_t) {
+        idLock.withLock { inFlight[id] = f }
+        fuse_req_interrupt_func(req, { req, data in
+            bridge(req).interrupt(UInt64(UInt(bitPattern: data)))
+        }, UnsafeMutableRawPointer(bitPattern: UInt(id)))
+    }
+
+    /// Forgets a request; call before replying.
+    func untrack(_ id: UInt64) {
+        idLock.withLock { _ = inFlight.removeValue(forKey: id) }
+    }
+
+    private func interrupt(_ id: UInt64) {
+        let f = idLock.withLock { inFlight[id] }
+        f?.cancel(requestID: id)
     }
 
     // MARK: attribute conversion
@@ -81,18 +104,6 @@ public final class FUSEBridge: @unchecked Sendable {
     static func caller(_ req: fuse_req_t?) -> Caller {
         guard let c = fuse_req_ctx(req) else { return .root }
         return Caller(uid: c.pointee.uid, gid: c.pointee.gid)
-    }
-}
-
-/// A parked request and what an interrupt needs to cancel it. Kept alive until the reply is sent.
-final class ParkedRequest: @unchecked Sendable {
-    let req: fuse_req_t
-    let file: OpenFile
-    let id: UInt64
-    init(req: fuse_req_t, file: OpenFile, id: UInt64) {
-        self.req = req
-        self.file = file
-        self.id = id
     }
 }
 

@@ -22,6 +22,12 @@ func replyEntry(_ req: fuse_req_t?, _ b: FUSEBridge, _ a: Attributes) {
     fuse_reply_entry(req, &e)
 }
 
+/// A request handle that crosses threads: it is answered exactly once, from whichever thread completes it.
+struct Request: @unchecked Sendable {
+    let req: fuse_req_t
+    init(_ req: fuse_req_t) { self.req = req }
+}
+
 func makeOperations() -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
 
@@ -128,36 +134,36 @@ func makeOperations() -> fuse_lowlevel_ops {
 
     ops.read = { req, _, size, off, fi in
         let b = bridge(req)
-        guard let req, let f = FUSEBridge.file(fi) else { fuse_reply_err(req, EBADF); return }
+        guard let req, let fi, let f = FUSEBridge.file(fi) else { fuse_reply_err(req, EBADF); return }
         let id = b.requestID()
-        let parked = ParkedRequest(req: req, file: f, id: id)
-        let nonBlocking = (fi!.pointee.flags & O_NONBLOCK) != 0
-        if f.isStream {
-            // Register the interrupt handler before parking, then re-check (notes: libfuse may call it at once).
-            fuse_req_interrupt_func(req, { _, data in
-                let p = Unmanaged<ParkedRequest>.fromOpaque(data!).takeUnretainedValue()
-                p.file.cancel(requestID: p.id)
-            }, Unmanaged.passUnretained(parked).toOpaque())
-        }
-        let delivered = Unmanaged.passRetained(parked)  // released after the reply
+        let nonBlocking = (fi.pointee.flags & O_NONBLOCK) != 0
+        let stream = f.isStream
+        if stream { b.track(id, f, req) }
         // The interrupt check runs under the tap's lock just before parking; after this call `req` may be gone.
         f.read(size: Int(size), offset: Int(off), requestID: id, nonBlocking: nonBlocking,
                interrupted: { fuse_req_interrupted(req) != 0 }) { outcome in
+            if stream { b.untrack(id) }
             reply(req, outcome)
-            delivered.release()
         }
     }
 
     ops.write = { req, _, buf, size, off, fi in
         let b = bridge(req)
-        guard let f = FUSEBridge.file(fi) else { fuse_reply_err(req, EBADF); return }
-        let session = b.session
-        do throws(FSError) {
-            let n = try f.write(UnsafeRawBufferPointer(start: buf, count: size), offset: Int(off)) {
-                fuse_req_interrupted(req) != 0 || (session.map { fuse_session_exited($0) != 0 } ?? false)
+        guard let req, let fi, let f = FUSEBridge.file(fi) else { fuse_reply_err(req, EBADF); return }
+        let id = b.requestID()
+        let nonBlocking = (fi.pointee.flags & O_NONBLOCK) != 0
+        let stream = f.isStream
+        if stream { b.track(id, f, req) }
+        // A write that waits for lagging readers is parked (its bytes copied) and answered later: no thread waits.
+        let r = Request(req)
+        f.write(UnsafeRawBufferPointer(start: buf, count: size), offset: Int(off), requestID: id, nonBlocking: nonBlocking,
+                interrupted: { fuse_req_interrupted(req) != 0 }) { result in
+            if stream { b.untrack(id) }
+            switch result {
+            case .success(let n): fuse_reply_write(r.req, n)
+            case .failure(let e): fuse_reply_err(r.req, e.errno)
             }
-            fuse_reply_write(req, n)
-        } catch { fuse_reply_err(req, error.errno) }
+        }
     }
 
     ops.flush = { req, _, _ in fuse_reply_err(req, 0) }

@@ -11,9 +11,11 @@ public enum FUSEServer {
     }
 
     /// Mounts, optionally daemonizes, calls `started` (start source threads here: after the fork), serves
-    /// requests on a multi-threaded loop, and unmounts on exit. Returns the loop's status.
+    /// requests on a multi-threaded loop, calls `stopping` once the loop ended (stop every thread that could
+    /// still answer a request: nothing may reply once the session is gone), then unmounts. Returns the loop's
+    /// status.
     public static func serve(tree: Tree, mountPoint: String, options: [String], foreground: Bool,
-                             started: () -> Void) throws -> Int32 {
+                             started: () -> Void, stopping: () -> Void) throws -> Int32 {
         var args = fuse_args()
         fuse_opt_add_arg(&args, "pipesfs")
         for o in options {
@@ -28,7 +30,6 @@ public enum FUSEServer {
             throw MountError(description: "cannot start a FUSE session with options \(options.joined(separator: ","))")
         }
         defer { fuse_session_destroy(se) }
-        bridge.session = se
         // A daemon started in the background inherits SIGINT ignored; libfuse only installs handlers for signals at
         // their default, so reset them: SIGINT, SIGTERM and SIGHUP always unmount cleanly.
         signal(SIGINT, SIG_DFL)
@@ -47,6 +48,8 @@ public enum FUSEServer {
         fuse_loop_cfg_set_clone_fd(cfg, 0)
         fuse_loop_cfg_set_max_threads(cfg, 64)
         fuse_loop_cfg_set_idle_threads(cfg, 4)
-        return fuse_session_loop_mt(se, cfg)
+        let rc = fuse_session_loop_mt(se, cfg)
+        stopping()
+        return rc
     }
 }

@@ -29,10 +29,8 @@ public protocol Filter: AnyObject {
     /// a borrowed pointer does not. Do not implement: the default below is the only one.
     static func process(unretained instance: UnsafeMutableRawPointer, _ block: inout Block) -> UInt32
 
-    /// Applies new argument text (from the `ctl` file or a rename). Throws with a reason on bad arguments.
-    func reconfigure(arguments: String) throws(FilterError)
-
-    /// The current argument text, as `reconfigure` accepts it.
+    /// The current argument text, as the descriptor's `make` accepts it. New arguments (`ctl args`, a rename)
+    /// make a new instance: filters never change their arguments in place.
     var arguments: String { get }
 
     /// Extra `name: value` lines for the `stats` file.
@@ -60,9 +58,6 @@ extension Filter {
         Unmanaged<Self>.fromOpaque(instance)._withUnsafeGuaranteedRef { $0.process(&block) }
     }
 
-    public func reconfigure(arguments: String) throws(FilterError) {
-        if !arguments.isEmpty { throw FilterError("takes no arguments") }
-    }
     public var arguments: String { "" }
     public func statistics() -> [(String, String)] { [] }
     public func control(_ command: String, _ argument: String) -> Result<Void, FilterError>? { nil }

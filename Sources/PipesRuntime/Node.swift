@@ -54,11 +54,13 @@ public final class Node: @unchecked Sendable {
     public let id: UInt64
     public internal(set) var name: String
     public let descriptor: FilterDescriptor
-    public let filter: any Filter
+    /// The filter instance. New arguments (`ctl args`, a rename) replace it with a fresh instance made off the
+    /// lock (`replaceFilter`), so a filter that opens files never does so under the space lock.
+    public private(set) var filter: any Filter
     /// The hot-path view of `filter` (kept alive by `filter`): its type and an unretained pointer to it, so the
     /// per-block call costs no reference counting. See `Filter.process(unretained:_:)`.
-    let hotType: any Filter.Type
-    let hotInstance: UnsafeMutableRawPointer
+    private(set) var hotType: any Filter.Type
+    private(set) var hotInstance: UnsafeMutableRawPointer
     /// The class constraint on the edge from `parent` (non-`any` for class directories such as `dport/80`).
     public internal(set) var selector: ClassSelector
     /// True for class directories: the node forwards what its edge selected.
@@ -112,6 +114,16 @@ public final class Node: @unchecked Sendable {
     }
 
     public var isSource: Bool { descriptor.structuralClass == .source }
+
+    /// Swaps in a new instance of the same filter kind. Space lock held. Returns the old one: shut it down
+    /// after releasing the lock.
+    public func replaceFilter(_ new: any Filter) -> any Filter {
+        let old = filter
+        filter = new
+        hotType = type(of: new)
+        hotInstance = Unmanaged<AnyObject>.passUnretained(new).toOpaque()
+        return old
+    }
 
     /// Every node this one receives from: its directory parent and its symlink parents.
     public var inputs: [Node] { (parent.map { [$0] } ?? []) + linkParents }

@@ -12,6 +12,9 @@ public protocol SourceFilter: Filter {
     var linkType: LinkType { get }
     /// True once a finite source has produced its last block.
     var finished: Bool { get }
+    /// After `shutdown()`: waits (without the space lock) until the source's thread has exited, so nothing
+    /// pushes or answers readers any more. Returns false on timeout.
+    func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool
 }
 
 /// A filter whose `all` file takes writes as *input* (e.g. `tx` sends what is written) rather than

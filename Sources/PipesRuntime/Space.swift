@@ -1,11 +1,28 @@
 import PipesBuffering
 
+/// What one producer's pushes leave to do once it releases the space lock: readers to wake (once per batch:
+/// signal moderation, §6.2) and lossless taps past their high-water mark to wait for. Each producer (a source
+/// thread, an injecting write) owns one, so producers never take over each other's backpressure.
+public final class Batch: @unchecked Sendable {
+    var wake: [TapRing] = []
+    var congested: [TapRing] = []
+
+    public init() {
+        wake.reserveCapacity(64)
+        congested.reserveCapacity(16)
+    }
+
+    /// True when a lossless tap this batch wrote to is past its high-water mark: end the batch now.
+    @inline(__always)
+    public var needsDrain: Bool { !congested.isEmpty }
+}
+
 /// An execution space (§6.1): one memory protection domain whose filters call each other directly.
 ///
 /// The space owns the graph of nodes and the lock that serializes the data path (sources, injection) against
-/// the control path (graph changes, taps opening). Sources push a batch of blocks with the lock held, then call
-/// `finishBatch`, which wakes readers once per batch (signal moderation, §6.2) and applies backpressure for
-/// lossless taps outside the lock.
+/// the control path (graph changes, taps opening). A producer takes the lock with `begin(_:)`, pushes blocks,
+/// `end()`s, then calls `finishBatch`, which wakes readers and applies backpressure for lossless taps outside
+/// the lock.
 public final class Space: @unchecked Sendable {
     public let lock = ConditionLock()
     /// Every live node by id.
@@ -13,12 +30,9 @@ public final class Space: @unchecked Sendable {
     /// Top-level directories in creation order.
     public internal(set) var roots: [Node] = []
     private var nextID: UInt64 = 16
-    private var wake: [TapRing] = []
-    private var congested: [TapRing] = []
-    /// Spare lists swapped with `wake`/`congested` at the end of a batch, so finishing a batch allocates nothing.
-    private var spareWake: [TapRing] = []
-    private var spareCongested: [TapRing] = []
-    private var congestedCount = 0
+    /// The batch of the producer holding the lock (`defaultBatch` outside `begin`/`end`).
+    private var current: Batch
+    private let defaultBatch = Batch()
 
     /// Receives one-line error reports from sources (the filesystem appends them to `/.errors`).
     public var errorHandler: (@Sendable (String) -> Void)?
@@ -26,8 +40,21 @@ public final class Space: @unchecked Sendable {
     public func reportError(_ message: String) { errorHandler?(message) }
 
     public init() {
-        wake.reserveCapacity(64)
-        congested.reserveCapacity(64)
+        current = defaultBatch
+    }
+
+    /// Takes the lock for a producer: what its pushes leave to do is collected in `batch`.
+    @inline(__always)
+    public func begin(_ batch: Batch) {
+        lock.lock()
+        current = batch
+    }
+
+    /// Releases the lock taken by `begin`.
+    @inline(__always)
+    public func end() {
+        current = defaultBatch
+        lock.unlock()
     }
 
     public func allocateID() -> UInt64 {
@@ -101,56 +128,238 @@ public final class Space: @unchecked Sendable {
                 r = []
             }
             if !r.contains(.stored) { k.pointee.tapDrops &+= 1 }
-            if r.contains(.becameReadable) { wake.append(t.ring) }
-            if r.contains(.congested) { congested.append(t.ring); congestedCount += 1 }
+            if r.contains(.becameReadable) { current.wake.append(t.ring) }
+            if r.contains(.congested) { current.congested.append(t.ring) }
         }
     }
 
-    /// True when a lossless tap is past its high-water mark: end the batch early.
+    /// True when a lossless tap the current producer wrote to is past its high-water mark: end the batch early.
+    /// Lock held.
     @inline(__always)
-    public var needsDrain: Bool { congestedCount != 0 }
+    public var needsDrain: Bool { current.needsDrain }
 
-    /// Ends a batch: call after `lock.unlock()`. Wakes readers and, if `mayWait`, waits (bounded by
-    /// `stopRequested`) until congested lossless taps drained.
-    public func finishBatch(mayWait: Bool, stopRequested: () -> Bool = { false }) {
-        lock.lock()
-        if wake.isEmpty && congested.isEmpty { lock.unlock(); return }
-        // Swap in the spares (emptied, with capacity) and work on the full lists outside the lock.
-        var w = spareWake, c = spareCongested
-        spareWake = []
-        spareCongested = []
-        swap(&w, &wake)
-        swap(&c, &congested)
-        congestedCount = 0
-        lock.unlock()
-        for r in w { r.serviceWaiters() }
+    /// Ends a producer's batch: call after `end()`. Wakes readers and, if `mayWait`, waits (bounded by
+    /// `stopRequested`) until the lossless taps the batch congested drained. Allocates nothing.
+    public func finishBatch(_ batch: Batch, mayWait: Bool, stopRequested: () -> Bool = { false }) {
+        for r in batch.wake { r.serviceWaiters() }
+        batch.wake.removeAll(keepingCapacity: true)
+        if batch.congested.isEmpty { return }
+        for r in batch.congested { r.serviceWaiters() }
         if mayWait {
-            outer: for r in c {
-                r.serviceWaiters()
+            outer: for r in batch.congested {
                 while !r.waitUntilDrained(timeoutNanoseconds: 100_000_000) {
                     if stopRequested() { break outer }
                 }
             }
         }
-        w.removeAll(keepingCapacity: true)
-        c.removeAll(keepingCapacity: true)
-        lock.lock()
-        if spareWake.capacity < w.capacity { spareWake = w }
-        if spareCongested.capacity < c.capacity { spareCongested = c }
-        lock.unlock()
+        batch.congested.removeAll(keepingCapacity: true)
+    }
+
+    /// `finishBatch` for pushes made with the plain lock (outside `begin`/`end`): tests and one-off callers.
+    public func finishBatch(mayWait: Bool, stopRequested: () -> Bool = { false }) {
+        let b = Batch()
+        lock.withLock {
+            swap(&b.wake, &defaultBatch.wake)
+            swap(&b.congested, &defaultBatch.congested)
+        }
+        finishBatch(b, mayWait: mayWait, stopRequested: stopRequested)
+    }
+
+    // MARK: injection
+
+    /// Bytes of parked writes (copies) held at most, over all nodes; more writers get EAGAIN.
+    public static let maxPendingWriteBytes = 64 << 20
+
+    /// Writes queued behind lagging lossless readers, per node, oldest first.
+    private var pendingWrites: [ObjectIdentifier: [PendingWrite]] = [:]
+    private var pendingOrder: [Node] = []
+    private var pendingBytes = 0
+    /// Rings a retry is registered on (so a ring gets one registration, not one per parked write). Guarded by
+    /// `retryLock`.
+    private var retryRegistered = Set<ObjectIdentifier>()
+
+    /// The outcome of `inject`.
+    public enum InjectOutcome: Equatable, Sendable {
+        /// Delivered.
+        case done
+        /// Queued behind a lagging lossless reader: `completion` runs later with 0 or an errno.
+        case parked
+        /// Refused with an errno.
+        case failed(Int32)
     }
 
     /// Writes `bytes` into `node`'s output (or, for input-injectable filters, its input), as one block.
-    /// Lossless: waits for lagging lossless readers like a pipe writer.
-    /// At most this many writers wait for lagging readers at once; more get EAGAIN. Each waiting writer holds a
-    /// FUSE worker thread (64 at most), and the workers are what interrupts and releases need to get through.
-    public static let maxWaitingWriters = 32
-    private var waitingWriters = 0
+    ///
+    /// Lossless, like a pipe writer: if a lossless reader downstream lags (its tap is past the high-water
+    /// mark), or earlier writes to this node wait, the write is copied and parked — no thread waits — and
+    /// `completion` runs once it went through (0), was cancelled (`cancelWrite`: EINTR), the node went away
+    /// (ENODEV) or the space shut down (`failPendingWrites`). A non-blocking write gets EAGAIN instead.
+    /// `interrupted` is checked before parking.
+    public func inject(_ node: Node, bytes: UnsafeRawBufferPointer, id: UInt64 = 0, nonBlocking: Bool = false,
+                       interrupted: () -> Bool = { false },
+                       completion: @escaping @Sendable (Int32) -> Void = { _ in }) -> InjectOutcome {
+        let batch = Batch()
+        begin(batch)
+        if node.removed { end(); return .failed(ENODEV_) }
+        let key = ObjectIdentifier(node)
+        let queued = pendingWrites[key] != nil
+        let blocking = queued ? [] : congestedRings(below: node)
+        if queued || !blocking.isEmpty {
+            if nonBlocking { end(); return .failed(EAGAIN_) }
+            if interrupted() { end(); return .failed(EINTR_) }
+            if pendingBytes + bytes.count > Space.maxPendingWriteBytes { end(); return .failed(EAGAIN_) }
+            let w = PendingWrite(node: node, bytes: bytes, id: id, completion: completion)
+            if queued { pendingWrites[key]!.append(w) } else { pendingWrites[key] = [w]; pendingOrder.append(node) }
+            pendingBytes += bytes.count
+            let register = claimRetry(blocking)
+            end()
+            registerRetry(on: register)
+            return .parked
+        }
+        let rc = deliverInjected(node, bytes)
+        end()
+        finishBatch(batch, mayWait: false)
+        return rc == 0 ? .done : .failed(rc)
+    }
 
-    public func inject(_ node: Node, bytes: UnsafeRawBufferPointer, interrupted: () -> Bool) -> Int32 {
-        lock.lock()
-        if node.removed { lock.unlock(); return ENODEV_ }
-        if waitingWriters >= Space.maxWaitingWriters { lock.unlock(); return EAGAIN_ }
+    /// Cancels a parked write (an interrupt): it completes with EINTR. No-op if it already went through.
+    public func cancelWrite(_ node: Node, id: UInt64) {
+        let w: PendingWrite? = lock.withLock {
+            let key = ObjectIdentifier(node)
+            guard var q = pendingWrites[key], let i = q.firstIndex(where: { $0.id == id }) else { return nil }
+            let w = q.remove(at: i)
+            pendingBytes -= w.data.count
+            if q.isEmpty {
+                pendingWrites[key] = nil
+                pendingOrder.removeAll { $0 === node }
+            } else {
+                pendingWrites[key] = q
+            }
+            return w
+        }
+        w?.completion(EINTR_)
+    }
+
+    /// Completes every parked write with `errno` and waits until no retry pass is running (unmount: afterwards
+    /// nothing in the space answers a request).
+    public func failPendingWrites(_ errno: Int32) {
+        defer {
+            while retryLock.withLock({ retryPassRunning }) { usleep(1000) }
+        }
+        let all: [PendingWrite] = lock.withLock {
+            let ws = pendingOrder.flatMap { pendingWrites[ObjectIdentifier($0)] ?? [] }
+            pendingWrites = [:]
+            pendingOrder = []
+            pendingBytes = 0
+            return ws
+        }
+        for w in all { w.completion(errno) }
+    }
+
+    /// Parked writes waiting now (for stats and tests).
+    public var pendingWriteCount: Int { lock.withLock { pendingWrites.values.reduce(0) { $0 + $1.count } } }
+
+    /// Writes parked on `node`. Lock held.
+    public func pendingWriteCount(_ node: Node) -> Int { pendingWrites[ObjectIdentifier(node)]?.count ?? 0 }
+
+    /// The rings of `rings` that have no retry registered yet, now marked as having one.
+    private func claimRetry(_ rings: [TapRing]) -> [TapRing] {
+        retryLock.withLock { rings.filter { retryRegistered.insert(ObjectIdentifier($0)).inserted } }
+    }
+
+    private func registerRetry(on rings: [TapRing]) {
+        for r in rings {
+            // The callback may run with the space lock held (a stream ending): it takes only `retryLock`.
+            let registered = r.whenDrained { [self] in
+                retryLock.withLock { _ = retryRegistered.remove(ObjectIdentifier(r)) }
+                requestRetry()
+            }
+            if !registered {  // drained between the check and the registration
+                retryLock.withLock { _ = retryRegistered.remove(ObjectIdentifier(r)) }
+                requestRetry()
+            }
+        }
+    }
+
+    private let retryLock = ConditionLock()
+    private var retryWanted = false
+    private var retryThreadRunning = false
+    private var retryPassRunning = false
+
+    /// Asks the retry thread to run `retryPendingWrites`. Drain notifications can come from a thread that
+    /// holds the space lock (a stream ending, a policy change), so they never retry in place. The thread
+    /// starts on demand and ends after a second with nothing to do.
+    private func requestRetry() {
+        let start: Bool = retryLock.withLock {
+            retryWanted = true
+            if retryThreadRunning { retryLock.signal(); return false }
+            retryThreadRunning = true
+            return true
+        }
+        if start { startThread(name: "retry-writes") { [self] in retryLoop() } }
+    }
+
+    private func retryLoop() {
+        while true {
+            retryLock.lock()
+            while !retryWanted {
+                if !retryLock.wait(timeoutNanoseconds: 1_000_000_000) && !retryWanted {
+                    retryThreadRunning = false
+                    retryLock.unlock()
+                    return
+                }
+            }
+            retryWanted = false
+            retryPassRunning = true
+            retryLock.unlock()
+            retryPendingWrites()
+            retryLock.withLock { retryPassRunning = false }
+        }
+    }
+
+    /// Delivers parked writes, oldest first per node, as far as their readers allow. Runs on the thread that
+    /// drained a ring (a reader), without locks held.
+    func retryPendingWrites() {
+        let batch = Batch()
+        var done: [(PendingWrite, Int32)] = []
+        var register: [TapRing] = []
+        begin(batch)
+        var i = 0
+        while i < pendingOrder.count {
+            let node = pendingOrder[i]
+            let key = ObjectIdentifier(node)
+            var q = pendingWrites[key] ?? []
+            while let w = q.first {
+                if node.removed {
+                    done.append((w, ENODEV_))
+                } else {
+                    let blocking = congestedRings(below: node)
+                    if !blocking.isEmpty {
+                        register += claimRetry(blocking)
+                        break
+                    }
+                    let rc = w.data.withUnsafeBytes { deliverInjected(node, $0) }
+                    done.append((w, rc))
+                }
+                pendingBytes -= w.data.count
+                q.removeFirst()
+            }
+            if q.isEmpty {
+                pendingWrites[key] = nil
+                pendingOrder.remove(at: i)
+            } else {
+                pendingWrites[key] = q
+                i += 1
+            }
+        }
+        end()
+        finishBatch(batch, mayWait: false)
+        for (w, rc) in done { w.completion(rc) }
+        if !register.isEmpty { registerRetry(on: register) }
+    }
+
+    /// Runs one injected block into `node` and on. Lock held (through `begin`).
+    private func deliverInjected(_ node: Node, _ bytes: UnsafeRawBufferPointer) -> Int32 {
         var block = Block(bytes: bytes, linkType: injectionLinkType(node))
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -160,19 +369,25 @@ public final class Space: @unchecked Sendable {
             node.counters.pointee.packetsIn &+= 1
             node.counters.pointee.bytesIn &+= UInt64(block.count)
             let c = node.hotType.process(unretained: node.hotInstance, &block)
-            if c == 0 {
-                lock.unlock()
-                return EIO_
-            }
+            if c == 0 { return EIO_ }
             forward(node, c, &block)
         } else {
             forward(node, 1, &block)
         }
-        waitingWriters += 1
-        lock.unlock()
-        finishBatch(mayWait: true, stopRequested: interrupted)
-        lock.withLock { waitingWriters -= 1 }
         return 0
+    }
+
+    /// Lossless taps at or below `node` that are past their high-water mark. Lock held.
+    public func congestedRings(below node: Node) -> [TapRing] {
+        var found: [TapRing] = []
+        var seen = Set<ObjectIdentifier>()
+        var stack = [node]
+        while let n = stack.popLast() {
+            guard seen.insert(ObjectIdentifier(n)).inserted else { continue }
+            for t in n.taps where t.ring.isCongested { found.append(t.ring) }
+            for o in n.outputs { stack.append(o.node) }
+        }
+        return found
     }
 
     /// The link type injected blocks carry: the node's stream type if it has one, else `.user`.
@@ -273,7 +488,20 @@ public final class Space: @unchecked Sendable {
             memo[ObjectIdentifier(n)] = r
             return r
         }
+        var liveMemo: [ObjectIdentifier: Bool] = [:]
+        func live(_ n: Node) -> Bool {
+            if let m = liveMemo[ObjectIdentifier(n)] { return m }
+            liveMemo[ObjectIdentifier(n)] = false
+            let r = (n.filter as? any SourceFilter)?.isLive ?? false || n.inputs.contains { live($0) }
+            liveMemo[ObjectIdentifier(n)] = r
+            return r
+        }
         for n in nodes.values {
+            if !n.taps.isEmpty {
+                // A stream fed by a live source cannot wait: its taps are lossy; all others are lossless.
+                let p: OverflowPolicy = live(n) ? .drop : .block
+                for t in n.taps { t.ring.setPolicy(p) }
+            }
             let e = ended(n)
             if e != n.ended {
                 n.ended = e
@@ -291,4 +519,20 @@ import Glibc
 let ENODEV_ = ENODEV
 let EIO_ = EIO
 let EAGAIN_ = EAGAIN
+let EINTR_ = EINTR
 #endif
+
+/// A write parked behind a lagging lossless reader: a copy of its bytes and how to answer it.
+final class PendingWrite {
+    let node: Node
+    let data: [UInt8]
+    let id: UInt64
+    let completion: @Sendable (Int32) -> Void
+
+    init(node: Node, bytes: UnsafeRawBufferPointer, id: UInt64, completion: @escaping @Sendable (Int32) -> Void) {
+        self.node = node
+        data = Array(bytes)
+        self.id = id
+        self.completion = completion
+    }
+}

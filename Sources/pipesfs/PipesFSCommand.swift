@@ -100,8 +100,9 @@ struct Mount: ParsableCommand {
                 _ = try? controller.addSource(s, uid: getuid(), gid: getgid())  // a failure is in .errors already
             }
             if demo { buildDemoGraph(controller, Caller(uid: getuid(), gid: getgid())) }
+        } stopping: {
+            controller.shutdown()
         }
-        controller.shutdown()
         // The loop returns the number of the signal that ended it (SIGINT, SIGTERM, SIGHUP): a clean exit.
         if rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP { throw ExitCode(rc) }
     }

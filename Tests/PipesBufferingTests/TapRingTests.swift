@@ -198,6 +198,81 @@ struct TapRingTests {
         #expect(!ring.isCongested)
     }
 
+    @Test(".block rings grow instead of dropping a record that overshoots, keep order across the wrap, and shrink back")
+    func blockRingGrowsAndShrinks() throws {
+        let ring = TapRing(capacity: 4096, policy: .block, maxCapacity: 16384)
+        // Wrap the indices first, so growth has to re-lay a wrapped stream.
+        #expect(append(ring, pattern(3000)).contains(.stored))
+        #expect(readNow(ring, max: 3000)?.bytes?.count == 3000)
+        var expected: [UInt8] = []
+        for i in 0..<5 {  // 5 x 2000 bytes: past high water and past the capacity
+            let rec = pattern(2000, seed: i)
+            expected += rec
+            #expect(append(ring, rec).contains(.stored), "record \(i) must be kept on a lossless ring")
+        }
+        #expect(ring.dropped == 0)
+        #expect(ring.capacity == 16384, "4096 doubled until 10000 bytes fit")
+        #expect(ring.grown == 2)
+        #expect(ring.highWater == 2048, "growth absorbs overshoot; the high-water mark stays")
+        #expect(ring.isCongested)
+        // Past the hard limit a lossless ring drops too (and counts it) rather than grow without bound.
+        #expect(!append(ring, pattern(7000)).contains(.stored))
+        #expect(ring.dropped == 1)
+        var got: [UInt8] = []
+        while ring.available > 0 { got += readNow(ring, max: 3333)?.bytes ?? [] }
+        #expect(got == expected)
+        #expect(ring.capacity == 4096, "an emptied ring shrinks back to its initial size")
+        #expect(append(ring, pattern(100)).contains(.stored))
+        #expect(readNow(ring, max: 4096)?.bytes == pattern(100))
+    }
+
+    @Test("whenDrained runs once when a read takes the ring below high water, and refuses when not congested")
+    func whenDrainedFiresOnce() {
+        let ring = TapRing(capacity: 4096, policy: .block)
+        let fired = Locked(0)
+        #expect(!ring.whenDrained { fired.update { $0 += 1 } }, "not congested: nothing to wait for")
+        append(ring, pattern(3000))
+        #expect(ring.whenDrained { fired.update { $0 += 1 } })
+        #expect(readNow(ring, max: 500)?.bytes?.count == 500)
+        #expect(fired.value == 0, "2500 bytes: still congested")
+        #expect(readNow(ring, max: 1000)?.bytes?.count == 1000)
+        #expect(fired.value == 1)
+        append(ring, pattern(3000))
+        #expect(readNow(ring, max: 8000)?.bytes?.count == 1500 + 3000)
+        #expect(fired.value == 1, "a callback runs once")
+    }
+
+    @Test("whenDrained callbacks run when the reader goes, the stream ends or the ring turns lossy")
+    func whenDrainedOtherReasons() {
+        for how in ["close", "end", "policy"] {
+            let ring = TapRing(capacity: 4096, policy: .block)
+            let fired = Locked(false)
+            append(ring, pattern(2500))
+            #expect(ring.whenDrained { fired.value = true })
+            switch how {
+            case "close": ring.closeReader()
+            case "end": ring.endOfStream()
+            default: ring.setPolicy(.drop)
+            }
+            #expect(fired.value, "\(how) must release a parked writer")
+            #expect(!ring.isCongested)
+        }
+    }
+
+    @Test("setPolicy(.drop) releases a producer blocked in waitUntilDrained")
+    func policyChangeReleasesProducer() {
+        let ring = TapRing(capacity: 4096, policy: .block)
+        append(ring, pattern(2500))
+        let result = Locked<Bool?>(nil)
+        startThread(name: "waiter") { result.value = ring.waitUntilDrained(timeoutNanoseconds: 10_000_000_000) }
+        pause(nanoseconds: 5_000_000)
+        #expect(result.value == nil)
+        ring.setPolicy(.drop)
+        #expect(eventually { result.value == true })
+        #expect(ring.policy == .drop)
+        #expect(!append(ring, pattern(2000)).contains(.stored), "lossy now: a record that does not fit is dropped")
+    }
+
     @Test("a read on an empty ring parks and is delivered by serviceWaiters, not by append")
     func parkedReadDeliveredByServiceWaiters() throws {
         let ring = TapRing(capacity: 4096, policy: .drop)

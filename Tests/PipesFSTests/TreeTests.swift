@@ -89,9 +89,23 @@ final class FS {
     @discardableResult
     func write(_ f: OpenFile, _ s: String) throws -> Int { try write(f, Array(s.utf8)) }
 
+    /// Writes and expects an answer at once (not parked behind a lagging reader).
     @discardableResult
-    func write(_ f: OpenFile, _ bytes: [UInt8]) throws -> Int {
-        try bytes.withUnsafeBytes { raw throws(FSError) -> Int in try f.write(raw, offset: 0, interrupted: { false }) }
+    func write(_ f: OpenFile, _ bytes: [UInt8], nonBlocking: Bool = false) throws -> Int {
+        let (_, result) = startWrite(f, bytes, nonBlocking: nonBlocking)
+        guard let r = result.value else { throw FSError(EINPROGRESS, "the write was parked") }
+        return try r.get()
+    }
+
+    /// Starts a write that may park; returns its request id and where its answer lands.
+    func startWrite(_ f: OpenFile, _ bytes: [UInt8], nonBlocking: Bool = false) -> (UInt64, Locked<Result<Int, FSError>?>) {
+        let box = Locked<Result<Int, FSError>?>(nil)
+        nextRequest += 1
+        let id = nextRequest
+        bytes.withUnsafeBytes { raw in
+            f.write(raw, offset: 0, requestID: id, nonBlocking: nonBlocking, interrupted: { false }) { box.value = $0 }
+        }
+        return (id, box)
     }
 
     /// Directory entries as comparable values.
@@ -703,6 +717,7 @@ struct TreeTests {
             bytes_out: 12
             dropped: 0
             readers: 1
+            writers_waiting: 0
             stream: open
             count_packets: 2
             count_bytes: 12
@@ -770,5 +785,123 @@ struct TreeTests {
         let fs = FS()
         let r = try fs.mkdir(rootInode, "r=raw")
         #expect(errnoOf { try fs.mkdir(r, "bpf=tcp") } == nil, "\(fs.controller.errors.text)")
+    }
+
+    @Test("ctl args swaps in a fresh instance: pcapout moves to the new file; a bad path keeps the old instance")
+    func argsSwapsInstance() throws {
+        let fs = FS()
+        let first = temporaryPath("args-first.pcap"), second = temporaryPath("args-second.pcap")
+        defer { unlink(first); unlink(second) }
+        let j = try fs.mkdir(rootInode, "j=ethernet")
+        let out = try fs.mkdir(j, "pcapout=\(first)")
+        let w = try fs.open(j, .all, O_WRONLY)
+        try fs.write(w, Pkt.ethARP())
+        let ctl = try fs.open(out, .ctl, O_WRONLY)
+        try fs.write(ctl, "args \(second)\n")
+        try fs.write(w, Pkt.ethTCP4())
+        try fs.write(w, Pkt.ethTCP4())
+        #expect(errnoOf { try fs.write(ctl, "args /nonexistent-\(getpid())/x.pcap\n") } == EINVAL)
+        #expect(fs.node("/pipes/j=ethernet")?.children.first?.filter.arguments == second, "the refused change left the filter as it was")
+        try fs.write(w, Pkt.ethTCP4())
+        try fs.write(ctl, "sync\n")
+        func records(_ path: String) -> Int {
+            guard let d = FileManager.default.contents(atPath: path), d.count >= 24 else { return -1 }
+            var n = 0, off = 24
+            while off + 16 <= d.count {
+                let cap = Int(d[off + 8]) | Int(d[off + 9]) << 8 | Int(d[off + 10]) << 16 | Int(d[off + 11]) << 24
+                off += 16 + cap
+                n += 1
+            }
+            return n
+        }
+        #expect(records(first) == 1, "the old instance was closed with its one record")
+        #expect(records(second) == 3)
+    }
+
+    @Test("ctl args whose file blocks on open (a FIFO) does not hold up the tree")
+    func argsOpenIsOffTheLock() throws {
+        let fs = FS()
+        let fifo = temporaryPath("args-fifo")
+        unlink(fifo)
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        let j = try fs.mkdir(rootInode, "j")
+        let out = try fs.mkdir(j, "pcapout=\(temporaryPath("args-plain.pcap"))")
+        defer { unlink(temporaryPath("args-plain.pcap")) }
+        let ctl = try fs.open(out, .ctl, O_WRONLY)
+        let done = Locked(false)
+        let line = Array("args \(fifo)\n".utf8)
+        startThread(name: "ctl") {
+            _ = try? line.withUnsafeBytes { raw throws(FSError) in try ctl.write(raw, offset: 0) }  // fopen(FIFO, "w") waits for a reader
+            done.value = true
+        }
+        pause(nanoseconds: 50_000_000)
+        #expect(!done.value, "fopen of the FIFO waits for a reader")
+        // The tree still answers while that open waits.
+        let t0 = monotonicNanoseconds()
+        _ = try fs.mkdir(rootInode, "other")
+        _ = try fs.text(j, .stats)
+        #expect(monotonicNanoseconds() - t0 < 1_000_000_000)
+        let rfd = Glibc.open(fifo, O_RDONLY | O_NONBLOCK)
+        defer { if rfd >= 0 { close(rfd) } }
+        #expect(eventually { done.value })
+        #expect(fs.node("/pipes/j")?.children.first?.filter.arguments == fifo)
+    }
+
+    @Test("a write behind a lagging reader parks (no thread waits), can be interrupted, and completes when the reader reads")
+    func parkedWrites() throws {
+        let fs = FS()
+        fs.tree.tapCapacity = 4096
+        let j = try fs.mkdir(rootInode, "j")
+        let reader = try fs.open(j, .all, O_RDONLY)
+        let w = try fs.open(j, .all, O_WRONLY)
+        #expect(try fs.write(w, [UInt8](repeating: 0x61, count: 3000)) == 3000)
+        let (id1, first) = fs.startWrite(w, Array("one".utf8))
+        #expect(first.value == nil, "parked behind the lagging reader")
+        #expect(errnoOf { try fs.write(w, Array("nb".utf8), nonBlocking: true) } == EAGAIN)
+        w.cancel(requestID: id1)
+        #expect(errnoOf { _ = try first.value?.get() } == EINTR, "an interrupt ends a parked write")
+        let (_, second) = fs.startWrite(w, Array("two".utf8))
+        #expect(second.value == nil)
+        #expect(fs.read(reader, size: 3000).bytes.count == 3000)
+        #expect(eventually { second.value != nil })
+        #expect(try second.value?.get() == 3)
+        #expect(fs.read(reader).string == "two", "the interrupted write delivered nothing")
+    }
+
+    @Test("a user may hold a limited number of open taps (EMFILE); root is not limited")
+    func tapLimitPerUser() throws {
+        let fs = FS()
+        fs.tree.maxTapsPerUser = 3
+        let j = try fs.mkdir(rootInode, "j")
+        let user = Caller(uid: 1000, gid: 1000)
+        var taps: [OpenFile] = []
+        for _ in 0..<3 { taps.append(try fs.tree.open(j | FileKind.all.rawValue, flags: O_RDONLY, caller: user)) }
+        #expect(errnoOf { _ = try fs.tree.open(j | FileKind.pcap.rawValue, flags: O_RDONLY, caller: user) } == EMFILE)
+        #expect(fs.controller.errors.text.contains("uid 1000 holds 3 open taps (limit 3)"))
+        #expect(errnoOf { _ = try fs.tree.open(j | FileKind.all.rawValue, flags: O_WRONLY, caller: user) } == nil, "writers hold no ring")
+        taps.removeLast().release()
+        #expect(errnoOf { taps.append(try fs.tree.open(j | FileKind.all.rawValue, flags: O_RDONLY, caller: user)) } == nil)
+        for _ in 0..<5 { taps.append(try fs.open(j, .all, O_RDONLY)) }  // root
+        for t in taps { t.release() }
+    }
+
+    @Test("the error log never blocks on its sink: lines are queued for a logging thread")
+    func errorLogSinkIsAsynchronous() throws {
+        let log = ErrorLog()
+        let gate = ConditionLock()
+        let open = Locked(false)
+        let seen = Locked<[String]>([])
+        log.sink = { line in
+            gate.withLock { while !open.value { gate.wait(timeoutNanoseconds: 10_000_000) } }
+            seen.update { $0.append(line) }
+        }
+        let t0 = monotonicNanoseconds()
+        for i in 0..<5 { log.append("line \(i)") }
+        #expect(monotonicNanoseconds() - t0 < 500_000_000, "append returned while the sink is stuck")
+        #expect(log.text.contains("line 4"), ".errors has the lines at once")
+        open.value = true
+        #expect(eventually { seen.value.count == 5 })
+        #expect(seen.value.last?.hasSuffix("line 4") == true)
     }
 }

@@ -219,8 +219,8 @@ struct SpaceTests {
     func inject() throws {
         let g = try Graph()
         let ring = g.tap(g.root)
-        let rc = Array("xyz".utf8).withUnsafeBytes { g.space.inject(g.root, bytes: $0, interrupted: { false }) }
-        #expect(rc == 0)
+        let rc = Array("xyz".utf8).withUnsafeBytes { g.space.inject(g.root, bytes: $0) }
+        #expect(rc == .done)
         #expect(drain(ring) == Array("xyz".utf8))
         #expect(g.ra.firsts == [UInt8(ascii: "x")], "class 1 goes to a")
         #expect(g.rb.seen.isEmpty)
@@ -271,8 +271,8 @@ struct SpaceTests {
         s.lock.withLock { #expect(s.nodes[g.d.id] == nil) }
         g.push([[1], [2]])
         #expect(g.rd.firsts == [2], "a removed node receives nothing")
-        let rc = [UInt8]([1]).withUnsafeBytes { s.inject(g.d, bytes: $0, interrupted: { false }) }
-        #expect(rc == ENODEV)
+        let rc = [UInt8]([1]).withUnsafeBytes { s.inject(g.d, bytes: $0) }
+        #expect(rc == .failed(ENODEV))
     }
 
     @Test("refresh ends the taps of nodes whose sources finished, and tells sources about demand")
@@ -285,6 +285,7 @@ struct SpaceTests {
             func attach(space: Space, node: Node) throws(FilterError) {}
             func setDemand(_ d: Bool) { demand.append(d) }
             func process(_ block: inout Block) -> UInt32 { 1 }
+            func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool { true }
         }
         let s = Space()
         let src = FakeSource()
@@ -314,5 +315,152 @@ struct SpaceTests {
         let late = TapRing(capacity: 4096, policy: .block)
         s.lock.withLock { s.addTap(child, late, .raw) }
         #expect(late.isEnded)
+    }
+}
+
+// MARK: backpressure with several producers, and parked writes
+
+/// A source that pushes nothing by itself: tests push for it. `isLive` decides its taps' policy.
+final class StubSource: SourceFilter {
+    let isLive: Bool
+    init(live: Bool) { isLive = live }
+    var finished: Bool { false }
+    var linkType: LinkType { .ethernet }
+    func attach(space: Space, node: Node) throws(FilterError) {}
+    func setDemand(_ d: Bool) {}
+    func process(_ block: inout Block) -> UInt32 { 1 }
+    func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool { true }
+}
+
+@Suite("Space backpressure")
+struct SpaceBackpressureTests {
+    /// Pushes `count` blocks of `size` bytes filled with `tag` into `node`, one per batch, waiting like a source.
+    static func produce(_ space: Space, _ node: Node, tag: UInt8, count: Int, size: Int) {
+        let batch = Batch()
+        let bytes = [UInt8](repeating: tag, count: size)
+        for _ in 0..<count {
+            space.begin(batch)
+            bytes.withUnsafeBytes { raw in
+                var b = Block(bytes: raw, linkType: .user)
+                space.push(node, &b)
+            }
+            space.end()
+            space.finishBatch(batch, mayWait: true)
+        }
+    }
+
+    @Test("two producers into one lossless tap with a slow reader: nothing lost, each waits for its own congestion")
+    func twoProducersNoLoss() throws {
+        let s = Space()
+        let j = handMadeNode(s, "j", FirstByte())
+        let ring = TapRing(capacity: 4096, policy: .block)
+        s.lock.withLock {
+            s.attach(j, under: nil)
+            s.addTap(j, ring, .raw)
+        }
+        let finished = Locked(0)
+        for tag in [UInt8(1), 2] {
+            startThread(name: "producer") {
+                SpaceBackpressureTests.produce(s, j, tag: tag, count: 300, size: 1000)
+                finished.update { $0 += 1 }
+            }
+        }
+        var got: [UInt8] = []
+        let deadline = monotonicNanoseconds() + 30_000_000_000
+        while (finished.value < 2 || ring.available > 0) && monotonicNanoseconds() < deadline {
+            got += drain(ring)
+            pause(nanoseconds: 200_000)  // a slow reader
+        }
+        #expect(finished.value == 2)
+        #expect(got.count == 600_000, "every byte of both producers arrives")
+        #expect(got.filter { $0 == 1 }.count == 300_000)
+        #expect(ring.dropped == 0)
+        #expect(j.stats.tapDrops == 0)
+        #expect(ring.grown == 0, "each producer stops after one block past the high-water mark: the ring never overflows")
+    }
+
+    @Test("a write behind a lagging lossless reader parks without a thread, then goes through in order once it drains")
+    func injectParksAndRetries() throws {
+        let g = try Graph()
+        let ring = g.tap(g.root)
+        let first = [UInt8](repeating: 0x41, count: 3000)
+        #expect(first.withUnsafeBytes { g.space.inject(g.root, bytes: $0) } == .done, "not congested yet: delivered")
+        let results = Locked<[String: Int32]>([:])
+        func write(_ text: String, nonBlocking: Bool = false, id: UInt64) -> Space.InjectOutcome {
+            Array(text.utf8).withUnsafeBytes { raw in
+                g.space.inject(g.root, bytes: raw, id: id, nonBlocking: nonBlocking, completion: { rc in results.update { $0[text] = rc } })
+            }
+        }
+        #expect(write("second", id: 2) == .parked)
+        #expect(write("nb", nonBlocking: true, id: 3) == .failed(EAGAIN), "a non-blocking writer gets EAGAIN")
+        #expect(write("third", id: 4) == .parked, "later writes queue behind the parked one")
+        #expect(g.space.pendingWriteCount == 2)
+        #expect(results.value.isEmpty)
+
+        var firstRead = 0
+        ring.read(max: 3000, id: 1) { if case .data(let a, let b) = $0 { firstRead = a.count + b.count } }
+        #expect(firstRead == 3000)
+        #expect(eventually { results.value.count == 2 })
+        #expect(results.value == ["second": 0, "third": 0])
+        #expect(String(decoding: drain(ring), as: UTF8.self) == "secondthird", "in write order")
+        #expect(g.space.pendingWriteCount == 0)
+    }
+
+    @Test("a parked write can be cancelled (EINTR), fails with ENODEV if its node goes, and is answered at unmount")
+    func parkedWriteEndings() throws {
+        let g = try Graph()
+        let ring = g.tap(g.a)
+        let rcs = Locked<[UInt64: Int32]>([:])
+        func write(_ node: Node, _ n: Int, id: UInt64) -> Space.InjectOutcome {
+            [UInt8](repeating: 1, count: n).withUnsafeBytes { raw in
+                g.space.inject(node, bytes: raw, id: id, completion: { rc in rcs.update { $0[id] = rc } })
+            }
+        }
+        #expect(write(g.a, 3000, id: 1) == .done)
+        #expect(write(g.a, 10, id: 2) == .parked)
+        #expect(write(g.a, 10, id: 3) == .parked)
+        g.space.cancelWrite(g.a, id: 2)
+        #expect(rcs.value[2] == EINTR)
+        #expect(g.space.pendingWriteCount == 1)
+        g.space.failPendingWrites(ENOTCONN)
+        #expect(rcs.value[3] == ENOTCONN)
+        #expect(drain(ring).count == 3000, "cancelled and failed writes deliver nothing")
+
+        // A write parked on a node that is then removed ends with ENODEV once the ring drains.
+        #expect(write(g.c, 3000, id: 4) == .done)
+        let cring = g.tap(g.c)
+        #expect(write(g.c, 3000, id: 5) == .done)
+        #expect(write(g.c, 10, id: 6) == .parked)
+        g.space.lock.withLock { g.space.remove(g.c) }
+        #expect(eventually { rcs.value[6] != nil })
+        #expect(rcs.value[6] == ENODEV)
+        _ = cring
+    }
+
+    @Test("a tap's policy follows the graph: lossy below a live source, lossless again when moved away")
+    func policyFollowsGraph() throws {
+        let s = Space()
+        let live = Node(id: s.allocateID(), name: "rx", descriptor: handMadeDescriptor, filter: StubSource(live: true))
+        let file = Node(id: s.allocateID(), name: "file", descriptor: handMadeDescriptor, filter: StubSource(live: false))
+        let child = handMadeNode(s, "x", Recorder())
+        let ring = TapRing(capacity: 4096, policy: .block)
+        s.lock.withLock {
+            s.attach(live, under: nil)
+            s.attach(file, under: nil)
+            s.attach(child, under: file)
+            s.addTap(child, ring, .raw)
+            s.refresh()
+        }
+        #expect(ring.policy == .block)
+        s.lock.withLock {
+            s.move(child, under: live, name: "x", selector: .any)
+            s.refresh()
+        }
+        #expect(ring.policy == .drop, "below a live source a lagging reader loses records instead of stalling capture")
+        s.lock.withLock {
+            s.move(child, under: file, name: "x", selector: .any)
+            s.refresh()
+        }
+        #expect(ring.policy == .block)
     }
 }

@@ -36,7 +36,7 @@ final class BPFProgram {
 /// `bpf=EXPR`: packets matching a tcpdump/libpcap filter expression, compiled by `pcap_compile` for the
 /// stream's link type and run by libpcap's `bpf_filter`.
 public final class BPF: Filter {
-    private var expression: String
+    private let expression: String
     private var programs: [BPFProgram]
     /// The program for the link type seen last (hot path: one compare, no lookup).
     private unowned(unsafe) var current: BPFProgram
@@ -77,15 +77,6 @@ public final class BPF: Filter {
     }
 
     public var arguments: String { expression }
-    public func reconfigure(arguments: String) throws(FilterError) {
-        let e = arguments.trimmingCharacters(in: " ")
-        if e.isEmpty { throw FilterError("bpf: needs an expression") }
-        var fresh: [BPFProgram] = []
-        for p in programs { fresh.append(try BPFProgram(expression: e, linkType: p.linkType)) }
-        expression = e
-        programs = fresh
-        current = fresh[fresh.count - 1]
-    }
 
     public static let descriptor = FilterDescriptor(
         name: "bpf", summary: "packets matching a pcap-filter(7) expression",

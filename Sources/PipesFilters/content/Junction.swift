@@ -3,7 +3,7 @@ import PipesRuntime
 /// A junction: a named top-level directory that passes through whatever flows into it or is written to its
 /// `all` (the paper's `httpclean`). Its argument names the link type of written data (default: `user`).
 public final class Junction: Filter, InjectionLinkType {
-    public private(set) var injectedLinkType: LinkType
+    public let injectedLinkType: LinkType
     init(_ a: String) throws(FilterError) { injectedLinkType = try Junction.parse(a) }
 
     @inline(__always)
@@ -19,7 +19,6 @@ public final class Junction: Filter, InjectionLinkType {
         default: "\(injectedLinkType.rawValue)"
         }
     }
-    public func reconfigure(arguments: String) throws(FilterError) { injectedLinkType = try Junction.parse(arguments) }
 
     static func parse(_ a: String) throws(FilterError) -> LinkType {
         switch a.lowercased() {

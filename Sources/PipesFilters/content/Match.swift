@@ -6,8 +6,8 @@ import PipesRuntime
 /// `match=TEXT`: packets whose transport payload contains TEXT (the whole block for injected data).
 /// Escapes in TEXT: `\n`, `\r`, `\t`, `\\`, `\xHH`.
 public final class Match: Filter {
-    private var needle: [UInt8]
-    private var text: String
+    private let needle: [UInt8]
+    private let text: String
 
     init(_ arguments: String) throws(FilterError) {
         needle = try Match.decode(arguments)
@@ -39,10 +39,6 @@ public final class Match: Filter {
     }
 
     public var arguments: String { text }
-    public func reconfigure(arguments: String) throws(FilterError) {
-        needle = try Match.decode(arguments)
-        text = arguments
-    }
 
     static func decode(_ s: String) throws(FilterError) -> [UInt8] {
         var out: [UInt8] = []

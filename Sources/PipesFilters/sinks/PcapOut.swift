@@ -7,7 +7,7 @@ import PipesRuntime
 /// The file is created (truncated) when the filter is created; its header carries the stream's link type.
 public final class PcapOut: Filter {
     private var file: UnsafeMutablePointer<FILE>?
-    private var path: String
+    private let path: String
     private var linkType: LinkType?
     public private(set) var written: UInt64 = 0
     public private(set) var skipped: UInt64 = 0
@@ -60,14 +60,6 @@ public final class PcapOut: Filter {
     }
 
     public var arguments: String { path }
-    public func reconfigure(arguments: String) throws(FilterError) {
-        let f = try PcapOut.open(arguments)
-        if let old = file { fclose(old) }
-        file = f
-        path = arguments
-        if let lt = linkType { writeHeader(lt) }
-        written = 0
-    }
 
     public func statistics() -> [(String, String)] {
         fflush(file)

@@ -18,6 +18,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     private var demand = false
     private var running = false
     private var stopping = false
+    private var threadRunning = false
     private var received: UInt64 = 0
     private var kernelDrops: UInt32 = 0
     private var lastError: String?
@@ -65,6 +66,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     public func attach(space: Space, node: Node) throws(FilterError) {
         self.space = space
         self.node = node
+        state.withLock { threadRunning = true }
         startThread(name: "rx-\(interface)") { [self] in run() }
     }
 
@@ -73,6 +75,18 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     }
 
     public func shutdown() { state.withLock { stopping = true; state.broadcast() } }
+
+    public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool {
+        state.withLock {
+            let deadline = monotonicNanoseconds() + timeoutNanoseconds
+            while threadRunning {
+                let left = deadline - monotonicNanoseconds()
+                if left <= 0 { return false }
+                state.wait(timeoutNanoseconds: left)
+            }
+            return true
+        }
+    }
 
     public func statistics() -> [(String, String)] {
         state.withLock {
@@ -117,6 +131,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
             if stop {
                 space = nil  // see `space`: breaks the node → filter → node cycle
                 node = nil
+                state.withLock { threadRunning = false; state.broadcast() }
                 return
             }
             guard let space, let node, let h = openHandle() else {
@@ -129,15 +144,16 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
             state.withLock { running = true; lastError = nil }
             let ctx = PcapDispatcher(space: space, node: node, linkType: lt)
             let fd = pcap_get_selectable_fd(h)
+            let batch = Batch()
             while true {
                 if state.withLock({ stopping || !demand }) { break }
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 _ = poll(&p, 1, 100)
-                space.lock.lock()
-                if node.removed { space.lock.unlock(); break }
+                space.begin(batch)
+                if node.removed { space.end(); break }
                 let n = ctx.dispatch(h, max: 256)
-                space.lock.unlock()
-                space.finishBatch(mayWait: false)
+                space.end()
+                space.finishBatch(batch, mayWait: false)
                 if n == PCAP_ERROR { fail("capture failed: \(String(cString: pcap_geterr(h)))"); break }
                 if ctx.count > 0 {
                     var st = pcap_stat()

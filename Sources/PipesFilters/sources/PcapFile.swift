@@ -24,6 +24,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     private var rewindPacing = false
     private var _finished = false
     private var stopping = false
+    private var threadRunning = false
     private var packetsRead: UInt64 = 0
     private var loops: UInt64 = 0
     private var lastError: String?
@@ -94,6 +95,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     public func attach(space: Space, node: Node) throws(FilterError) {
         self.space = space
         self.node = node
+        state.withLock { threadRunning = true }
         startThread(name: "src-\(node.name)") { [self] in run() }
     }
 
@@ -136,10 +138,23 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         state.withLock { stopping = true; state.broadcast() }
     }
 
+    public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool {
+        state.withLock {
+            let deadline = monotonicNanoseconds() + timeoutNanoseconds
+            while threadRunning {
+                let left = deadline - monotonicNanoseconds()
+                if left <= 0 { return false }
+                state.wait(timeoutNanoseconds: left)
+            }
+            return true
+        }
+    }
+
     // MARK: the source thread
 
     private func run() {
         var pending = 0  // packets pushed since the last rate check
+        let batchState = Batch()
         var paceStart = monotonicNanoseconds()
         while true {
             // Wait until running, with demand.
@@ -167,8 +182,8 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             let dispatcher = self.dispatcher ?? PcapDispatcher(space: space, node: node, linkType: linkType)
             self.dispatcher = dispatcher
             var n = 0
-            space.lock.lock()
-            if node.removed { space.lock.unlock(); break }
+            space.begin(batchState)
+            if node.removed { space.end(); break }
             if let m = fastReader {
                 switch m.dispatch(space: space, node: Unmanaged.passUnretained(node), max: batch, count: &n) {
                 case .more: break
@@ -190,9 +205,9 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
                     break
                 }
             }
-            space.lock.unlock()
+            space.end()
             state.withLock { packetsRead &+= UInt64(n) }
-            space.finishBatch(mayWait: true) { [self] in state.withLock { stopping || rewindRequested } }
+            space.finishBatch(batchState, mayWait: true) { [self] in state.withLock { stopping || rewindRequested } }
 
             if let f = failure {
                 let msg = "source \(node.name): '\(path)' is damaged after \(packetsRead) packets: \(f)"
@@ -228,6 +243,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         dispatcher = nil
         space = nil
         node = nil
+        state.withLock { threadRunning = false; state.broadcast() }
     }
 
     private func reopenFile() {
