@@ -101,9 +101,10 @@ struct PipelineBench: ParsableCommand {
         for part in chain.split(separator: "/") { parent = try c.makeDirectory(in: parent, named: String(part)) }
         let t0 = monotonicNanoseconds()
         try c.control(src, "start")
-        // Poll the source's own state, not the space lock (that would contend with the source thread).
-        let s = src.filter as! any SourceFilter
-        while !s.finished { usleep(2000) }
+        // Wait on the source's own state (woken when it finishes), not the space lock.
+        guard let s = src.filter as? PcapFileSource, s.waitUntilFinished(timeoutNanoseconds: 600_000_000_000) else {
+            throw ValidationError("the capture did not finish playing within 10 minutes")
+        }
         let t = Double(monotonicNanoseconds() - t0) / 1e9
         let (total, sel) = c.space.lock.withLock { (src.stats.packetsIn, parent.stats.packetsIn) }
         c.shutdown()

@@ -826,8 +826,9 @@ struct TreeTests {
         #expect(mkfifo(fifo, 0o600) == 0)
         defer { unlink(fifo) }
         let j = try fs.mkdir(rootInode, "j")
-        let out = try fs.mkdir(j, "pcapout=\(temporaryPath("args-plain.pcap"))")
-        defer { unlink(temporaryPath("args-plain.pcap")) }
+        let plain = temporaryPath("args-plain.pcap")
+        defer { unlink(plain) }
+        let out = try fs.mkdir(j, "pcapout=\(plain)")
         let ctl = try fs.open(out, .ctl, O_WRONLY)
         let done = Locked(false)
         let line = Array("args \(fifo)\n".utf8)

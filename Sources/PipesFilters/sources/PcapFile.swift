@@ -138,6 +138,19 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         state.withLock { stopping = true; state.broadcast() }
     }
 
+    /// Waits until the file has been played to its end (or the source stops). Returns false on timeout.
+    public func waitUntilFinished(timeoutNanoseconds: Int64) -> Bool {
+        state.withLock {
+            let deadline = monotonicNanoseconds() + timeoutNanoseconds
+            while !_finished && !stopping {
+                let left = deadline - monotonicNanoseconds()
+                if left <= 0 { return false }
+                state.wait(timeoutNanoseconds: left)
+            }
+            return _finished
+        }
+    }
+
     public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool {
         state.withLock {
             let deadline = monotonicNanoseconds() + timeoutNanoseconds
@@ -170,7 +183,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             if reopen { reopenFile(); paceStart = monotonicNanoseconds(); pending = 0 }
             guard let space, let node else { break }
             guard let h = handle else {
-                state.withLock { _finished = true }
+                state.withLock { _finished = true; state.broadcast() }
                 space.lock.withLock { space.refresh() }
                 continue
             }
@@ -219,7 +232,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
                     state.withLock { loops &+= 1 }
                     reopenFile()
                 } else {
-                    state.withLock { _finished = true }
+                    state.withLock { _finished = true; state.broadcast() }
                     space.lock.withLock { space.refresh() }
                 }
             }
@@ -254,7 +267,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             fastReader = PcapFileReader(path: path, linkType: handle.map { LinkType(rawValue: pcap_datalink($0)) })
         } catch {
             let msg = "source \(node?.name ?? "?"): \(error.message)"
-            state.withLock { lastError = msg; _finished = true }
+            state.withLock { lastError = msg; _finished = true; state.broadcast() }
             space?.reportError(msg)
             space?.lock.withLock { space?.refresh() }
         }
