@@ -20,8 +20,10 @@ let package = Package(
         // C shims: module maps and tiny headers, no logic.
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CPcap", pkgConfig: "libpcap", providers: [.apt(["libpcap-dev"])]),
+        // §5 the ring ABI: one C header for the runtime, the client library and the kernel module.
+        .target(name: "PipesRingABI"),
         // §5 buffering: rings, tap buffers, locks.
-        .target(name: "PipesBuffering", swiftSettings: hotPath),
+        .target(name: "PipesBuffering", dependencies: ["PipesRingABI"], swiftSettings: hotPath),
         // §6 processing: blocks, the filter protocol, graph, execution by function calls.
         .target(name: "PipesRuntime", dependencies: ["PipesBuffering"], swiftSettings: hotPath),
         // §6.1 the filter library, one file per filter.
@@ -31,7 +33,7 @@ let package = Package(
         // §4.1 the graph as a node tree (no FUSE types; unit-testable without a mount).
         .target(name: "PipesFS", dependencies: ["PipesControl", "PipesRuntime", "PipesBuffering", "PipesFilters"]),
         // The libfuse3 low-level wire layer, bridging to PipesFS.
-        .target(name: "PipesFUSE", dependencies: ["PipesFS", "CFuse3"]),
+        .target(name: "PipesFUSE", dependencies: ["PipesFS", "PipesRuntime", "CFuse3"]),
         .executableTarget(
             name: "pipesfs",
             dependencies: [

@@ -52,6 +52,8 @@ public final class ErrorLog: @unchecked Sendable {
     private var queued: [String] = []
     private var queueDropped = 0
     private var writerRunning = false
+    /// Lines taken from the queue and not yet handed to the sink.
+    private var writing = 0
     /// Called for every line, on the logging thread (the daemon logs to stderr or syslog).
     public var sink: (@Sendable (String) -> Void)? {
         get { lock.withLock { _sink } }
@@ -101,8 +103,10 @@ public final class ErrorLog: @unchecked Sendable {
                 queueDropped = 0
             }
             let sink = _sink
+            writing = batch.count
             lock.unlock()
             for l in batch { sink?(l) }
+            lock.withLock { writing = 0 }
         }
     }
 
@@ -110,7 +114,7 @@ public final class ErrorLog: @unchecked Sendable {
     @discardableResult
     public func flush(timeoutNanoseconds: Int64 = 2_000_000_000) -> Bool {
         let deadline = monotonicNanoseconds() + timeoutNanoseconds
-        while lock.withLock({ !queued.isEmpty }) {
+        while lock.withLock({ !queued.isEmpty || writing > 0 }) {
             if monotonicNanoseconds() > deadline { return false }
             usleep(1000)
         }

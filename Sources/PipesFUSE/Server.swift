@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CFuse3
 import PipesFS
+import PipesRuntime
 
 /// Mounts a `Tree` with libfuse3 and serves it until unmounted or signalled (SIGINT, SIGTERM, SIGHUP).
 public enum FUSEServer {
@@ -42,6 +43,7 @@ public enum FUSEServer {
         }
         defer { fuse_session_unmount(se) }
         fuse_daemonize(foreground ? 1 : 0)
+        LocalMounts.register(mountPoint: mountPoint)
         started()
         let cfg = fuse_loop_cfg_create()
         defer { fuse_loop_cfg_destroy(cfg) }

@@ -511,6 +511,9 @@ public final class Space: @unchecked Sendable {
                 s.setDemand(!n.outputs.isEmpty || !n.taps.isEmpty)
             }
         }
+        // The graph changed: a parked write whose lagging reader is no longer downstream (a link removed, a
+        // filter moved or removed) may go now. Drain callbacks do not see such changes.
+        if !pendingOrder.isEmpty { requestRetry() }
     }
 }
 

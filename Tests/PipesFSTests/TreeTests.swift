@@ -818,8 +818,8 @@ struct TreeTests {
         #expect(records(second) == 3)
     }
 
-    @Test("ctl args whose file blocks on open (a FIFO) does not hold up the tree")
-    func argsOpenIsOffTheLock() throws {
+    @Test("pcapout refuses a FIFO at once (no wait for a reader), through mkdir and ctl args alike")
+    func pcapoutRefusesFIFO() throws {
         let fs = FS()
         let fifo = temporaryPath("args-fifo")
         unlink(fifo)
@@ -830,23 +830,34 @@ struct TreeTests {
         defer { unlink(plain) }
         let out = try fs.mkdir(j, "pcapout=\(plain)")
         let ctl = try fs.open(out, .ctl, O_WRONLY)
-        let done = Locked(false)
-        let line = Array("args \(fifo)\n".utf8)
-        startThread(name: "ctl") {
-            _ = try? line.withUnsafeBytes { raw throws(FSError) in try ctl.write(raw, offset: 0) }  // fopen(FIFO, "w") waits for a reader
-            done.value = true
-        }
-        pause(nanoseconds: 50_000_000)
-        #expect(!done.value, "fopen of the FIFO waits for a reader")
-        // The tree still answers while that open waits.
         let t0 = monotonicNanoseconds()
-        _ = try fs.mkdir(rootInode, "other")
-        _ = try fs.text(j, .stats)
-        #expect(monotonicNanoseconds() - t0 < 1_000_000_000)
+        #expect(errnoOf { try fs.write(ctl, "args \(fifo)\n") } == EINVAL)
+        #expect(monotonicNanoseconds() - t0 < 1_000_000_000, "refused without waiting for a reader")
+        #expect(fs.controller.errors.text.contains("only regular files"))
+        #expect(fs.node("/pipes/j")?.children.first?.filter.arguments == plain, "the old instance stays")
+        // With a reader on the FIFO it is still refused: a stalled reader would stall the graph.
         let rfd = Glibc.open(fifo, O_RDONLY | O_NONBLOCK)
-        defer { if rfd >= 0 { close(rfd) } }
-        #expect(eventually { done.value })
-        #expect(fs.node("/pipes/j")?.children.first?.filter.arguments == fifo)
+        defer { close(rfd) }
+        #expect(errnoOf { try fs.write(ctl, "args \(fifo)\n") } == EINVAL)
+        #expect(fs.controller.errors.text.contains("not a regular file"))
+    }
+
+    @Test("a parked write goes on when its lagging reader leaves its subgraph (rm of the link)")
+    func parkedWriteReleasedByGraphChange() throws {
+        let fs = FS()
+        fs.tree.tapCapacity = 4096
+        let j = try fs.mkdir(rootInode, "j")
+        let w = try fs.mkdir(rootInode, "w")
+        _ = try fs.tree.symlink("/pipes/j", w, "j")
+        let reader = try fs.open(j, .all, O_RDONLY)
+        let writer = try fs.open(w, .all, O_WRONLY)
+        #expect(try fs.write(writer, [UInt8](repeating: 1, count: 3000)) == 3000)
+        let (_, parked) = fs.startWrite(writer, [2, 2])
+        #expect(parked.value == nil)
+        try fs.tree.unlink(w, "j")
+        #expect(eventually(within: 5) { parked.value != nil }, "no longer behind the lagging reader")
+        #expect(try parked.value?.get() == 2)
+        #expect(fs.read(reader).bytes.count == 3000, "the write after the unlink did not reach j")
     }
 
     @Test("a write behind a lagging reader parks (no thread waits), can be interrupted, and completes when the reader reads")

@@ -18,9 +18,30 @@ public final class PcapOut: Filter {
         file = try PcapOut.open(path)
     }
 
+    /// Opens (creates, truncates) a regular file. Writes happen under the space lock, so anything that can make
+    /// a write wait indefinitely is refused up front: FIFOs, devices and sockets (opened non-blocking, so a FIFO
+    /// without a reader does not wait either), and files inside a PipesFS mount this process serves.
     static func open(_ path: String) throws(FilterError) -> UnsafeMutablePointer<FILE> {
-        guard let f = fopen(path, "w") else {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0o644)
+        if fd < 0 {
             let e = errno
+            if e == ENXIO { throw FilterError("pcapout: '\(path)' is a FIFO; only regular files can be written", errno: EINVAL) }
+            throw FilterError("pcapout: cannot create '\(path)': \(String(cString: strerror(e)))", errno: e)
+        }
+        var st = stat()
+        if fstat(fd, &st) != 0 || (st.st_mode & S_IFMT) != S_IFREG {
+            Glibc.close(fd)
+            throw FilterError("pcapout: '\(path)' is not a regular file (FIFOs, devices and sockets could stall the graph)")
+        }
+        if LocalMounts.contains(fd: fd) {
+            Glibc.close(fd)
+            throw FilterError("pcapout: '\(path)' is inside this PipesFS mount; write to a file outside it (or read all.pcap)")
+        }
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)
+        guard ftruncate(fd, 0) == 0, let f = fdopen(fd, "w") else {
+            let e = errno
+            Glibc.close(fd)
             throw FilterError("pcapout: cannot create '\(path)': \(String(cString: strerror(e)))", errno: e)
         }
         return f

@@ -14,7 +14,7 @@ for i in $(seq 0 $N); do
     ln -s "$MP/j" "$MP/w$i/j"
 done
 for i in $(seq 1 $N); do
-    bg sh -c "head -c 131072 /dev/zero | tr '\\000' x | dd of='$MP/w$i/all' bs=65536 iflag=fullblock status=none"
+    bg sh -c "head -c 131072 /dev/zero | tr '\\000' x | dd of='$MP/w$i/all' bs=65536 iflag=fullblock status=none" 3<&-
     writers+=("$LAST_PID")
 done
 waiting() { cat "$MP"/$1/stats | awk '/^writers_waiting/ {n += $2} END {print n + 0}'; }
@@ -38,7 +38,7 @@ ok "non-blocking writer: EAGAIN"
 
 # Interrupt: a fatal signal makes the kernel ask the server to interrupt the queued write, and then wait for
 # the answer: without one the writer would hang, unkillable, until the reader read.
-bg dd if=/dev/zero of="$MP/w0/all" bs=1000 count=1 status=none
+bg dd if=/dev/zero of="$MP/w0/all" bs=1000 count=1 status=none 3<&-
 ipid=$LAST_PID
 wait_for 5 "[ \$(waiting w0) = 1 ]" || fail "the extra writer was not queued"
 kill -TERM $ipid
@@ -58,21 +58,37 @@ xs=$(tr -cd x < "$WORK/out" | wc -c)
 [ "$(awk '/^packets_in/ {print $2}' "$MP/j/count/stats")" -ge $((N * 2)) ] || fail "count saw too few blocks"
 ok "$N writers x 128 KiB through a lagging reader: all $want bytes, no drops"
 
+# A sink pointed into this very mount is refused (it would wait for the graph it runs in).
+mkdir "$MP/p" "$MP/p/pcapout=inside.pcap"
+expect_fail "bash -c 'echo \"args $MP/j/all\" > \"$MP/p/pcapout=inside.pcap/ctl\"'" "Invalid argument"
+grep -q "inside this PipesFS mount" "$MP/.errors" || fail "no reason in .errors: $(tail -3 "$MP/.errors")"
+alive
+
 # Unmount by SIGTERM while writes are queued: writers get an error, the daemon exits cleanly.
 mkdir "$MP/k"
 exec 4<"$MP/k/all"
+kwriters=()
 for i in 1 2 3 4 5; do
     mkdir "$MP/k$i"
     ln -s "$MP/k" "$MP/k$i/k"
-    bg sh -c "head -c 3000000 /dev/zero | dd of='$MP/k$i/all' bs=1000000 iflag=fullblock status=none 2>/dev/null"
+    bg sh -c "head -c 3000000 /dev/zero | dd of='$MP/k$i/all' bs=1000000 iflag=fullblock status=none 2>/dev/null" 3<&- 4<&-
+    kwriters+=("$LAST_PID")
 done
 wait_for 20 "[ \$(waiting 'k?') -ge 3 ]" || fail "writes to k were not queued"
-exec 4<&- 3<&-
-kill -TERM "$DAEMON_PID"
+queued=$(waiting 'k?')
+kill -TERM "$DAEMON_PID"   # the reader of k (fd 4) still open and lagging
 wait_for 15 "! kill -0 $DAEMON_PID 2>/dev/null" || fail "the daemon did not exit with writers queued"
 wait "$DAEMON_PID"; rc=$?
 DAEMON_PID=""
 [ "$rc" = 0 ] || { cat "$WORK/daemon.log"; fail "daemon exit status $rc"; }
+failed=0
+for p in "${kwriters[@]}"; do
+    wait_for 10 "! kill -0 $p 2>/dev/null" || fail "writer $p still running after the unmount"
+    wait "$p" || failed=$((failed + 1))
+done
+# A writer may have finished before the ring filled; every queued one must have failed.
+[ "$failed" -ge "$queued" ] || fail "$queued writes were queued at unmount but only $failed writers failed"
 for p in "${BG_PIDS[@]}"; do wait_exit "$p" 10; done
+exec 4<&- 3<&-
 grep -E "fuse: |Bad file|writing device" "$WORK/daemon.log" && fail "replies after the session ended: $(cat "$WORK/daemon.log")"
 ok "SIGTERM with queued writers: clean exit"

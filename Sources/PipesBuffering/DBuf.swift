@@ -1,0 +1,414 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PipesRingABI
+
+/// Why a ring could not be created or mapped: a one-line reason and the errno.
+public struct RingError: Error, CustomStringConvertible, Sendable {
+    public var errno: Int32
+    public var message: String
+    public init(_ errno: Int32, _ message: String) {
+        self.errno = errno
+        self.message = message
+    }
+    public var description: String { message }
+}
+
+/// A Beltway data ring (DBuf, paper §5.2) in shared memory: one producer, up to `maxReaders` readers, each
+/// with a private position (the paper's multiway pipe, §5.1). The layout is `pipes_ring.h`, so a reader may be
+/// another process (the client library) mapping the same memfd, and later the kernel module.
+///
+/// The producer side (`write`, `flush`, `close`) must be used by one thread at a time; each `DBufReader` by
+/// one thread at a time. Nothing else is locked: indices are published with release stores and read with
+/// acquire loads.
+public final class DBuf: @unchecked Sendable {
+    public enum Policy: UInt32, Sendable {
+        /// IPC: the producer waits for the slowest reader; nothing is lost.
+        case block = 0
+        /// Packet reception: the producer never waits; lagging readers lose the oldest records, counted exactly.
+        case drop = 1
+    }
+
+    /// The memfd behind the ring (pass it to another process to share the ring).
+    public let fd: Int32
+    public let capacity: Int
+    public let policy: Policy
+    let mask: UInt64
+    let mappedSize: Int
+    let base: UnsafeMutableRawPointer
+    let header: UnsafeMutablePointer<pipes_ring_header>
+    let data: UnsafeMutableRawPointer
+    let ownsFD: Bool
+
+    // Producer-private state (the shared copies are in `header.pointee.producer`).
+    private var head: UInt64 = 0
+    private var records: UInt64 = 0
+    private var oldest: UInt64 = 0
+    /// The smallest tail of the active readers, as last computed (only ever too small: it is refreshed when
+    /// the ring looks full).
+    private var cachedMinTail: UInt64 = 0
+    private var sinceWake: UInt32 = 0
+    private let threshold: UInt32
+
+    /// The largest payload one record may carry: a record and a pad record must fit in the ring together.
+    public var maxRecordLength: Int { capacity / 2 - MemoryLayout<pipes_rec>.size - Int(PIPES_REC_ALIGN) }
+
+    /// Creates a ring of `1 << sizeLog2` bytes in a new memfd (the producer side).
+    public init(sizeLog2: Int, policy: Policy, maxReaders: Int = 16, threshold: Int = 32, ringID: UInt64 = 0) throws(RingError) {
+        guard (12...34).contains(sizeLog2) else { throw RingError(EINVAL, "ring size 2^\(sizeLog2): want 2^12 to 2^34 bytes") }
+        guard (1...Int(PIPES_RING_MAX_READERS)).contains(maxReaders) else {
+            throw RingError(EINVAL, "maxReaders \(maxReaders): want 1 to \(PIPES_RING_MAX_READERS)")
+        }
+        let size = Int(PIPES_RING_HEADER_SIZE) + (1 << sizeLog2)
+        let fd = pipes_ring_memfd("pipes-dbuf", UInt64(size))
+        if fd < 0 { throw RingError(-fd, "memfd_create: \(String(cString: strerror(-fd)))") }
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            let e = errno
+            Glibc.close(fd)
+            throw RingError(e, "mmap of a \(size)-byte ring: \(String(cString: strerror(e)))")
+        }
+        self.fd = fd
+        ownsFD = true
+        mappedSize = size
+        base = p
+        header = p.assumingMemoryBound(to: pipes_ring_header.self)
+        data = p + Int(PIPES_RING_HEADER_SIZE)
+        capacity = 1 << sizeLog2
+        mask = UInt64(capacity - 1)
+        self.policy = policy
+        self.threshold = UInt32(max(1, threshold))
+        // A fresh memfd is zero-filled: every reader slot is free and every index 0.
+        header.pointee.info.version = PIPES_RING_VERSION
+        header.pointee.info.header_size = PIPES_RING_HEADER_SIZE
+        header.pointee.info.size_log2 = UInt32(sizeLog2)
+        header.pointee.info.policy = policy.rawValue
+        header.pointee.info.max_readers = UInt32(maxReaders)
+        header.pointee.info.threshold = UInt32(max(1, threshold))
+        header.pointee.info.ring_id = ringID
+        header.pointee.producer.size_log2 = UInt32(sizeLog2)
+        // The magic last, with release order: a reader that sees it sees the rest.
+        withUnsafeMutablePointer(to: &header.pointee.info.magic) { pipes_store_release64($0, PIPES_RING_MAGIC) }
+    }
+
+    /// Maps a ring another process created (the reader side). `fd` stays the caller's.
+    public init(mapping fd: Int32) throws(RingError) {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw RingError(errno, "fstat: \(String(cString: strerror(errno)))") }
+        let size = Int(st.st_size)
+        guard size > Int(PIPES_RING_HEADER_SIZE) else { throw RingError(EINVAL, "not a ring: \(size) bytes") }
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw RingError(errno, "mmap: \(String(cString: strerror(errno)))")
+        }
+        let h = p.assumingMemoryBound(to: pipes_ring_header.self)
+        let magic = withUnsafeMutablePointer(to: &h.pointee.info.magic) { pipes_load_acquire64($0) }
+        let sizeLog2 = Int(h.pointee.info.size_log2)
+        guard magic == PIPES_RING_MAGIC, h.pointee.info.version == PIPES_RING_VERSION,
+              (12...34).contains(sizeLog2), Int(PIPES_RING_HEADER_SIZE) + (1 << sizeLog2) == size,
+              let pol = Policy(rawValue: h.pointee.info.policy)
+        else {
+            munmap(p, size)
+            throw RingError(EINVAL, "not a PipesFS ring of version \(PIPES_RING_VERSION)")
+        }
+        self.fd = fd
+        ownsFD = false
+        mappedSize = size
+        base = p
+        header = h
+        data = p + Int(PIPES_RING_HEADER_SIZE)
+        capacity = 1 << sizeLog2
+        mask = UInt64(capacity - 1)
+        policy = pol
+        threshold = max(1, h.pointee.info.threshold)
+    }
+
+    deinit {
+        munmap(base, mappedSize)
+        if ownsFD { Glibc.close(fd) }
+    }
+
+    // MARK: producer
+
+    /// Appends one record. A `.block` ring waits for room when `wait` (else returns false); a `.drop` ring
+    /// overwrites the oldest records. Returns false for a payload longer than `maxRecordLength` too.
+    @discardableResult
+    public func write(_ payload: UnsafeRawBufferPointer, classValue: UInt32 = 1, wireLength: Int? = nil,
+                      linkType: UInt16 = 0, wait: Bool = true) -> Bool {
+        guard let p = reserve(payload.count, wait: wait) else { return false }
+        if let b = payload.baseAddress, payload.count > 0 { p.copyMemory(from: b, byteCount: payload.count) }
+        commit(payload.count, classValue: classValue, wireLength: wireLength ?? payload.count, linkType: linkType)
+        return true
+    }
+
+    /// Reserves room for a record of `length` payload bytes and returns where to write the payload (zero-copy
+    /// production); publish it with `commit`. Nil when it does not fit (`.block` without `wait`) or is too long.
+    public func reserve(_ length: Int, wait: Bool = true) -> UnsafeMutableRawPointer? {
+        if length > maxRecordLength || length < 0 { return nil }
+        let span = pipes_rec_span(UInt32(length))
+        let offset = head & mask
+        let pad = offset + span > UInt64(capacity) ? UInt64(capacity) - offset : 0
+        let need = pad + span
+        switch policy {
+        case .block:
+            if head &+ need &- cachedMinTail > UInt64(capacity) {
+                cachedMinTail = minTail()
+                while head &+ need &- cachedMinTail > UInt64(capacity) {
+                    if !wait { return nil }
+                    waitForRoom(need)
+                    cachedMinTail = minTail()
+                }
+            }
+        case .drop:
+            // Move `oldest` past what this record will overwrite, and publish it before writing.
+            var o = oldest
+            while head &+ need &- o > UInt64(capacity) {
+                let r = pipes_rec_at(data, mask, o)!
+                o &+= r.pointee.length == PIPES_REC_PAD ? UInt64(capacity) - (o & mask) : pipes_rec_span(r.pointee.length)
+            }
+            if o != oldest {
+                oldest = o
+                withUnsafeMutablePointer(to: &header.pointee.producer.oldest) { pipes_store_release64($0, o) }
+                pipes_fence_seq_cst()  // readers validate copies against `oldest`: order it before the overwrite
+            }
+        }
+        if pad != 0 {
+            let r = pipes_rec_at(data, mask, head)!
+            r.pointee.length = PIPES_REC_PAD
+            head &+= pad
+        }
+        return data + Int(head & mask) + MemoryLayout<pipes_rec>.size
+    }
+
+    /// Publishes the record reserved last.
+    public func commit(_ length: Int, classValue: UInt32 = 1, wireLength: Int, linkType: UInt16 = 0) {
+        let r = pipes_rec_at(data, mask, head)!
+        r.pointee.length = UInt32(length)
+        r.pointee.class_value = classValue
+        r.pointee.sequence = records
+        r.pointee.wire_length = UInt32(clamping: wireLength)
+        r.pointee.link_type = linkType
+        r.pointee.flags = 0
+        head &+= pipes_rec_span(UInt32(length))
+        records &+= 1
+        withUnsafeMutablePointer(to: &header.pointee.producer.records) { pipes_store_relaxed64($0, records) }
+        withUnsafeMutablePointer(to: &header.pointee.producer.head) { pipes_store_release64($0, head) }
+        sinceWake &+= 1
+        if sinceWake >= threshold { flush() }
+    }
+
+    /// Wakes sleeping readers if records were published since the last wake-up (call at the end of a batch:
+    /// it bounds the latency the moderation threshold adds).
+    public func flush() {
+        if sinceWake == 0 { return }
+        sinceWake = 0
+        pipes_fence_seq_cst()  // the head store before the sleepers load (pairs with the reader's fence)
+        let sleepers = withUnsafeMutablePointer(to: &header.pointee.consumers.sleepers) { pipes_load_acquire32($0) }
+        if sleepers == 0 { return }
+        withUnsafeMutablePointer(to: &header.pointee.producer.wake_seq) { w in
+            _ = pipes_fetch_add32(w, 1)
+            _ = pipes_futex_wake(w, Int32.max)
+        }
+        header.pointee.producer.wakeups &+= 1
+    }
+
+    /// Ends the stream: readers get what is there, then end of stream.
+    public func close() {
+        withUnsafeMutablePointer(to: &header.pointee.producer.closed) { pipes_store_release32($0, 1) }
+        sinceWake = max(sinceWake, 1)
+        flush()
+    }
+
+    /// Records published so far.
+    public var produced: UInt64 { records }
+
+    private func minTail() -> UInt64 {
+        var m = head
+        let n = Int(header.pointee.info.max_readers)
+        withUnsafeMutablePointer(to: &header.pointee.readers) { tuple in
+            tuple.withMemoryRebound(to: pipes_ring_reader.self, capacity: n) { slots in
+                for i in 0..<n {
+                    let s = slots + i
+                    guard withUnsafeMutablePointer(to: &s.pointee.state, { pipes_load_acquire32($0) }) == PIPES_READER_ACTIVE.rawValue
+                    else { continue }
+                    let t = withUnsafeMutablePointer(to: &s.pointee.tail) { pipes_load_acquire64($0) }
+                    if head &- t > head &- m { m = t }
+                }
+            }
+        }
+        return m
+    }
+
+    private func waitForRoom(_ need: UInt64) {
+        let seqPtr = withUnsafeMutablePointer(to: &header.pointee.consumers.room_seq) { $0 }
+        let flag = withUnsafeMutablePointer(to: &header.pointee.producer.waiting_for_room) { $0 }
+        let seen = pipes_load_acquire32(seqPtr)
+        pipes_store_release32(flag, 1)
+        pipes_fence_seq_cst()  // the flag before the tails (pairs with the reader's tail store, then flag load)
+        if head &+ need &- minTail() > UInt64(capacity) {
+            _ = pipes_futex_wait(seqPtr, seen, 10_000_000)  // bounded: a reader that died must not hang us
+        }
+        pipes_store_release32(flag, 0)
+    }
+
+    // MARK: readers
+
+    /// Attaches a reader at the current head (it sees records published from now on). Nil when every slot is
+    /// taken.
+    public func attach() -> DBufReader? {
+        let n = Int(header.pointee.info.max_readers)
+        return withUnsafeMutablePointer(to: &header.pointee.readers) { tuple in
+            tuple.withMemoryRebound(to: pipes_ring_reader.self, capacity: n) { slots -> DBufReader? in
+                for i in 0..<n {
+                    let s = slots + i
+                    let claimed = withUnsafeMutablePointer(to: &s.pointee.state) {
+                        pipes_cas32($0, PIPES_READER_FREE.rawValue, PIPES_READER_ACTIVE.rawValue) != 0
+                    }
+                    if claimed { return DBufReader(ring: self, slot: s) }
+                }
+                return nil
+            }
+        }
+    }
+}
+
+/// One reader of a `DBuf`: a private position in the shared ring (paper §5.1). `peek` hands out the next
+/// record in place; `consume` moves on; `read` is peek plus a copy. Use from one thread at a time.
+public final class DBufReader: @unchecked Sendable {
+    public let ring: DBuf
+    let slot: UnsafeMutablePointer<pipes_ring_reader>
+    private var tail: UInt64
+    private var nextSequence: UInt64
+    /// Records delivered and, on a `.drop` ring, records lost because this reader lagged.
+    public private(set) var delivered: UInt64 = 0
+    public private(set) var dropped: UInt64 = 0
+    private var detached = false
+
+    init(ring: DBuf, slot: UnsafeMutablePointer<pipes_ring_reader>) {
+        self.ring = ring
+        self.slot = slot
+        let h = withUnsafeMutablePointer(to: &ring.header.pointee.producer.head) { pipes_load_acquire64($0) }
+        tail = h
+        nextSequence = withUnsafeMutablePointer(to: &ring.header.pointee.producer.records) { pipes_load_acquire64($0) }
+        slot.pointee.records = 0
+        slot.pointee.dropped = 0
+        slot.pointee.pid = UInt32(getpid())
+        withUnsafeMutablePointer(to: &slot.pointee.tail) { pipes_store_release64($0, h) }
+    }
+
+    deinit { detach() }
+
+    /// Gives the slot back; the producer no longer waits for this reader.
+    public func detach() {
+        if detached { return }
+        detached = true
+        withUnsafeMutablePointer(to: &slot.pointee.state) { pipes_store_release32($0, PIPES_READER_FREE.rawValue) }
+        wakeProducer()
+    }
+
+    /// A record in the ring, valid until `consume` (on a `.drop` ring, until the producer overtakes it: check
+    /// `isStillValid` after using it).
+    public struct Record {
+        public let bytes: UnsafeRawBufferPointer
+        public let classValue: UInt32
+        public let sequence: UInt64
+        public let wireLength: Int
+        public let linkType: UInt16
+        let position: UInt64
+        let span: UInt64
+    }
+
+    /// The next record, without copying, or nil if there is none yet.
+    public func peek() -> Record? {
+        let r = ring
+        while true {
+            let head = withUnsafeMutablePointer(to: &r.header.pointee.producer.head) { pipes_load_acquire64($0) }
+            if r.policy == .drop { resyncIfOvertaken() }
+            if tail == head { return nil }
+            let rec = pipes_rec_at(r.data, r.mask, tail)!
+            let len = rec.pointee.length
+            if len == PIPES_REC_PAD {
+                tail &+= UInt64(r.capacity) - (tail & r.mask)
+                continue
+            }
+            let record = Record(
+                bytes: UnsafeRawBufferPointer(start: UnsafeRawPointer(rec) + MemoryLayout<pipes_rec>.size, count: Int(len)),
+                classValue: rec.pointee.class_value, sequence: rec.pointee.sequence,
+                wireLength: Int(rec.pointee.wire_length), linkType: rec.pointee.link_type,
+                position: tail, span: pipes_rec_span(len))
+            if r.policy == .drop {
+                // The header may have been overwritten while we read it: validate, else resync and retry.
+                if !isStillValid(record) { continue }
+                if record.sequence > nextSequence { dropped &+= record.sequence - nextSequence }
+                nextSequence = record.sequence
+            }
+            return record
+        }
+    }
+
+    /// True while a `.drop` ring's producer has not overwritten `record` (always true on `.block` rings).
+    public func isStillValid(_ record: Record) -> Bool {
+        if ring.policy == .block { return true }
+        pipes_fence_seq_cst()
+        let oldest = withUnsafeMutablePointer(to: &ring.header.pointee.producer.oldest) { pipes_load_acquire64($0) }
+        return record.position >= oldest
+    }
+
+    /// Moves past `record` (the one `peek` returned).
+    public func consume(_ record: Record) {
+        tail = record.position &+ record.span
+        nextSequence = record.sequence &+ 1
+        delivered &+= 1
+        slot.pointee.records = delivered
+        slot.pointee.dropped = dropped
+        withUnsafeMutablePointer(to: &slot.pointee.tail) { pipes_store_release64($0, tail) }
+        if ring.policy == .block { wakeProducer() }
+    }
+
+    /// Copies the next record into `buffer` (up to its size) and moves past it. Returns the record's length
+    /// (it may exceed what was copied), or nil if there is none yet.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) -> (length: Int, classValue: UInt32)? {
+        while true {
+            guard let rec = peek() else { return nil }
+            let n = min(rec.bytes.count, buffer.count)
+            if n > 0 { buffer.baseAddress!.copyMemory(from: rec.bytes.baseAddress!, byteCount: n) }
+            if !isStillValid(rec) { continue }  // torn by the producer: that record is lost; take the next
+            consume(rec)
+            return (rec.bytes.count, rec.classValue)
+        }
+    }
+
+    /// True when the producer closed the ring and everything was read.
+    public var isAtEnd: Bool {
+        let closed = withUnsafeMutablePointer(to: &ring.header.pointee.producer.closed) { pipes_load_acquire32($0) } != 0
+        let head = withUnsafeMutablePointer(to: &ring.header.pointee.producer.head) { pipes_load_acquire64($0) }
+        return closed && tail == head
+    }
+
+    /// Sleeps until a record may be there, the ring closed, or `timeoutNanoseconds` passed.
+    public func wait(timeoutNanoseconds: UInt64 = 100_000_000) {
+        let h = ring.header
+        let seqPtr = withUnsafeMutablePointer(to: &h.pointee.producer.wake_seq) { $0 }
+        let seen = pipes_load_acquire32(seqPtr)
+        withUnsafeMutablePointer(to: &h.pointee.consumers.sleepers) { _ = pipes_fetch_add32($0, 1) }
+        pipes_fence_seq_cst()
+        let head = withUnsafeMutablePointer(to: &h.pointee.producer.head) { pipes_load_acquire64($0) }
+        let closed = withUnsafeMutablePointer(to: &h.pointee.producer.closed) { pipes_load_acquire32($0) } != 0
+        if head == tail && !closed { _ = pipes_futex_wait(seqPtr, seen, timeoutNanoseconds) }
+        withUnsafeMutablePointer(to: &h.pointee.consumers.sleepers) { _ = pipes_fetch_add32($0, UInt32.max) }
+    }
+
+    private func resyncIfOvertaken() {
+        let oldest = withUnsafeMutablePointer(to: &ring.header.pointee.producer.oldest) { pipes_load_acquire64($0) }
+        if tail < oldest { tail = oldest }
+    }
+
+    private func wakeProducer() {
+        let h = ring.header
+        pipes_fence_seq_cst()  // the tail store before the flag load (pairs with the producer's fence)
+        let waiting = withUnsafeMutablePointer(to: &h.pointee.producer.waiting_for_room) { pipes_load_acquire32($0) }
+        if waiting == 0 { return }
+        withUnsafeMutablePointer(to: &h.pointee.consumers.room_seq) { w in
+            _ = pipes_fetch_add32(w, 1)
+            _ = pipes_futex_wake(w, 1)
+        }
+    }
+}

@@ -1,0 +1,161 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PipesBuffering
+import PipesTestSupport
+import Testing
+
+/// Writes `bytes` as one record.
+@discardableResult
+func put(_ ring: DBuf, _ bytes: [UInt8], classValue: UInt32 = 1, wait: Bool = true) -> Bool {
+    bytes.withUnsafeBytes { ring.write($0, classValue: classValue, wait: wait) }
+}
+
+/// Reads one record (copy), or nil.
+func take(_ r: DBufReader, max: Int = 1 << 16) -> (bytes: [UInt8], classValue: UInt32)? {
+    var buf = [UInt8](repeating: 0, count: max)
+    guard let (n, c) = buf.withUnsafeMutableBytes({ r.read(into: $0) }) else { return nil }
+    return (Array(buf.prefix(min(n, max))), c)
+}
+
+@Suite("DBuf")
+struct DBufTests {
+    @Test("records come back whole and in order, with their class; peek hands out the bytes in place")
+    func roundTrip() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block)
+        let r = try #require(ring.attach())
+        #expect(r.peek() == nil)
+        put(ring, [1, 2, 3], classValue: 80)
+        put(ring, [], classValue: 7)
+        put(ring, pattern(1000), classValue: 22)
+        let p = try #require(r.peek())
+        #expect(Array(p.bytes) == [1, 2, 3])
+        #expect(p.classValue == 80)
+        #expect(p.sequence == 0)
+        #expect(r.peek()?.sequence == 0, "peek does not move on")
+        r.consume(p)
+        #expect(take(r)?.classValue == 7)
+        let big = try #require(take(r))
+        #expect(big.bytes == pattern(1000))
+        #expect(big.classValue == 22)
+        #expect(take(r) == nil)
+        #expect(r.delivered == 3)
+        #expect(!put(ring, pattern(ring.maxRecordLength + 1)), "a record longer than half the ring is refused")
+    }
+
+    @Test("records never wrap: odd sizes through a small ring come back intact across many laps")
+    func wrapWithPadRecords() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block)
+        let r = try #require(ring.attach())
+        for i in 0..<5000 {
+            let rec = pattern(1 + (i * 37) % 900, seed: i)
+            #expect(put(ring, rec, wait: false), "the reader keeps up, so there is always room")
+            let p = try #require(r.peek())
+            #expect(Array(p.bytes) == rec)
+            r.consume(p)
+        }
+        #expect(ring.produced == 5000)
+    }
+
+    @Test(".block: a slow reader in another thread gets every record of a fast producer, in order")
+    func blockLosesNothing() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block)
+        let r = try #require(ring.attach())
+        let total = 20000
+        startThread(name: "producer") {
+            for i in 0..<total {
+                var v = UInt64(i)
+                withUnsafeBytes(of: &v) { _ = ring.write($0, classValue: UInt32(i % 7 + 1)) }
+            }
+            ring.close()
+        }
+        var expected = 0
+        var ok = true
+        while !r.isAtEnd {
+            guard let rec = r.peek() else { r.wait(timeoutNanoseconds: 1_000_000); continue }
+            let v = rec.bytes.loadUnaligned(as: UInt64.self)
+            if v != UInt64(expected) || rec.classValue != UInt32(expected % 7 + 1) { ok = false }
+            r.consume(rec)
+            expected += 1
+            if expected % 1000 == 0 { pause(nanoseconds: 100_000) }  // lag behind
+        }
+        #expect(ok)
+        #expect(expected == total)
+        #expect(r.dropped == 0)
+    }
+
+    @Test(".drop: the producer never waits; for a lagging reader delivered + dropped = produced, exactly")
+    func dropCountsExactly() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .drop)
+        let r = try #require(ring.attach())
+        for i in 0..<1000 { #expect(put(ring, pattern(100, seed: i), wait: false)) }
+        var seen: [UInt64] = []
+        while let rec = r.peek() {
+            let s = rec.sequence
+            #expect(Array(rec.bytes) == pattern(100, seed: Int(s)))
+            r.consume(rec)
+            seen.append(s)
+        }
+        #expect(r.delivered + r.dropped == 1000)
+        #expect(seen.last == 999, "the newest records survive")
+        #expect(r.dropped > 900, "a 4 KiB ring holds only the last few dozen")
+        #expect(seen == Array(seen.first!...999), "what is delivered is contiguous and in order")
+    }
+
+    @Test("several readers (a multiway pipe) each see every record; a detached reader no longer holds the producer")
+    func multiway() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block, maxReaders: 3)
+        let a = try #require(ring.attach()), b = try #require(ring.attach()), c = try #require(ring.attach())
+        #expect(ring.attach() == nil, "all slots are taken")
+        for i in 0..<10 { put(ring, [UInt8(i)]) }
+        for r in [a, b] {
+            var got: [UInt8] = []
+            while let x = take(r) { got += x.bytes }
+            #expect(got == Array(0..<10))
+        }
+        // c never reads: the ring fills for it...
+        var n = 0
+        while put(ring, pattern(500), wait: false) { n += 1 }
+        #expect(n < 10)
+        // ...until it detaches.
+        c.detach()
+        for r in [a, b] { while take(r) != nil {} }
+        #expect(put(ring, pattern(500), wait: false))
+        #expect(ring.attach() != nil, "the freed slot can be claimed again")
+    }
+
+    @Test("another mapping of the memfd (another process's view) reads the same records; non-rings are refused")
+    func mappingByFD() throws {
+        let ring = try DBuf(sizeLog2: 13, policy: .block)
+        let view = try DBuf(mapping: ring.fd)
+        #expect(view.capacity == 8192)
+        let r = try #require(view.attach())
+        put(ring, Array("hello".utf8))
+        #expect(take(r)?.bytes == Array("hello".utf8))
+        #expect(throws: RingError.self) { try DBuf(mapping: Glibc.open("/dev/null", O_RDONLY)) }
+        let fd = Glibc.open("/proc/self/exe", O_RDONLY)
+        defer { close(fd) }
+        #expect(throws: RingError.self) { try DBuf(mapping: fd) }
+        #expect(throws: RingError.self) { try DBuf(sizeLog2: 3, policy: .block) }
+    }
+
+    @Test("a sleeping reader is woken by a flush; close ends the stream after the data")
+    func wakeAndClose() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block, threshold: 32)
+        let r = try #require(ring.attach())
+        let got = Locked<[UInt8]>([])
+        let done = Locked(false)
+        startThread(name: "reader") {
+            while !r.isAtEnd {
+                if let x = take(r) { got.update { $0 += x.bytes } } else { r.wait(timeoutNanoseconds: 5_000_000_000) }
+            }
+            done.value = true
+        }
+        pause(nanoseconds: 20_000_000)
+        put(ring, [42])
+        ring.flush()
+        #expect(eventually(within: 2) { got.value == [42] }, "woken by the flush, long before the 5 s timeout")
+        ring.close()
+        #expect(eventually(within: 2) { done.value })
+    }
+}
