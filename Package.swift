@@ -22,6 +22,8 @@ let package = Package(
         .systemLibrary(name: "CPcap", pkgConfig: "libpcap", providers: [.apt(["libpcap-dev"])]),
         // §5 the ring ABI: one C header for the runtime, the client library and the kernel module.
         .target(name: "PipesRingABI"),
+        // The baselines `pipesfs bench ipc` measures against (a minimal SPSC ring, pipe loops), in C.
+        .target(name: "CIPCBaseline"),
         // §5 buffering: rings, tap buffers, locks.
         .target(name: "PipesBuffering", dependencies: ["PipesRingABI"], swiftSettings: hotPath),
         // §6 processing: blocks, the filter protocol, graph, execution by function calls.
@@ -37,7 +39,7 @@ let package = Package(
         .executableTarget(
             name: "pipesfs",
             dependencies: [
-                "PipesFUSE", "PipesFS", "PipesControl", "PipesFilters", "PipesRuntime",
+                "PipesFUSE", "PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering", "PipesRingABI", "CIPCBaseline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

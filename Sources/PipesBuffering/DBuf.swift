@@ -119,6 +119,11 @@ public final class DBuf: @unchecked Sendable {
         mask = UInt64(capacity - 1)
         policy = pol
         threshold = max(1, h.pointee.info.threshold)
+        // A mapping may also take over producing (another process): continue from the published indices.
+        head = withUnsafeMutablePointer(to: &h.pointee.producer.head) { pipes_load_acquire64($0) }
+        records = withUnsafeMutablePointer(to: &h.pointee.producer.records) { pipes_load_acquire64($0) }
+        oldest = withUnsafeMutablePointer(to: &h.pointee.producer.oldest) { pipes_load_acquire64($0) }
+        cachedMinTail = minTail()
     }
 
     deinit {
@@ -237,14 +242,23 @@ public final class DBuf: @unchecked Sendable {
         return m
     }
 
+    /// Spin iterations (with a CPU pause) before a producer or reader sleeps on a futex: on a busy ring the
+    /// other side usually moves within microseconds, and a futex round trip costs more than that.
+    static let spins = 4000
+
     private func waitForRoom(_ need: UInt64) {
+        flush()  // readers asleep must see what is there, or nobody makes room
+        for _ in 0..<DBuf.spins {
+            pipes_cpu_relax()
+            if head &+ need &- minTail() <= UInt64(capacity) { return }
+        }
         let seqPtr = withUnsafeMutablePointer(to: &header.pointee.consumers.room_seq) { $0 }
         let flag = withUnsafeMutablePointer(to: &header.pointee.producer.waiting_for_room) { $0 }
         let seen = pipes_load_acquire32(seqPtr)
         pipes_store_release32(flag, 1)
         pipes_fence_seq_cst()  // the flag before the tails (pairs with the reader's tail store, then flag load)
         if head &+ need &- minTail() > UInt64(capacity) {
-            _ = pipes_futex_wait(seqPtr, seen, 10_000_000)  // bounded: a reader that died must not hang us
+            _ = pipes_futex_wait(seqPtr, seen, 1_000_000)  // bounded: a missed or dead reader costs at most 1 ms
         }
         pipes_store_release32(flag, 0)
     }
@@ -386,6 +400,11 @@ public final class DBufReader: @unchecked Sendable {
     /// Sleeps until a record may be there, the ring closed, or `timeoutNanoseconds` passed.
     public func wait(timeoutNanoseconds: UInt64 = 100_000_000) {
         let h = ring.header
+        let headPtr = withUnsafeMutablePointer(to: &h.pointee.producer.head) { $0 }
+        for _ in 0..<DBuf.spins {
+            if pipes_load_acquire64(headPtr) != tail { return }
+            pipes_cpu_relax()
+        }
         let seqPtr = withUnsafeMutablePointer(to: &h.pointee.producer.wake_seq) { $0 }
         let seen = pipes_load_acquire32(seqPtr)
         withUnsafeMutablePointer(to: &h.pointee.consumers.sleepers) { _ = pipes_fetch_add32($0, 1) }
@@ -401,9 +420,11 @@ public final class DBufReader: @unchecked Sendable {
         if tail < oldest { tail = oldest }
     }
 
+    /// No fence between our tail store and this load (it would cost a full barrier per record): in the rare
+    /// interleaving where the producer misses the new tail and this reader misses its flag, the producer's
+    /// bounded futex wait (1 ms) covers it; the producer spins before it sleeps, so that is rare.
     private func wakeProducer() {
         let h = ring.header
-        pipes_fence_seq_cst()  // the tail store before the flag load (pairs with the producer's fence)
         let waiting = withUnsafeMutablePointer(to: &h.pointee.producer.waiting_for_room) { pipes_load_acquire32($0) }
         if waiting == 0 { return }
         withUnsafeMutablePointer(to: &h.pointee.consumers.room_seq) { w in

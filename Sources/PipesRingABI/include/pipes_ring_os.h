@@ -17,4 +17,13 @@ int pipes_futex_wait(uint32_t *word, uint32_t expected, uint64_t timeout_ns);
 /* Wakes up to `count` sleepers on *word. Returns how many woke, or -errno. */
 int pipes_futex_wake(uint32_t *word, int count);
 
+/* A spin-wait hint (PAUSE on x86). */
+static inline void pipes_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #endif

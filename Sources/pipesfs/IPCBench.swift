@@ -1,0 +1,178 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CIPCBaseline
+import PipesBuffering
+import PipesRingABI
+
+/// `pipesfs bench ipc`: moving blocks between two processes through a Beltway ring (read and peek), against a
+/// Linux pipe and a minimal shared-memory SPSC ring measured in the same run (paper §5.1, Fig. 3).
+struct IPCBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ipc",
+        abstract: "Two-process throughput: Beltway ring (read, peek) vs a Linux pipe vs a minimal SPSC ring.")
+
+    @Option(help: "Megabytes moved per case at 4 KiB blocks and up (an eighth below).") var megabytes = 2000
+    @Option(help: "Block sizes, comma-separated.") var sizes = "64,512,4096,65536"
+    @Option(help: "Ring size as a power of two (bytes).") var ringLog2 = 20
+
+    func run() throws {
+        let blockSizes = sizes.split(separator: ",").compactMap { Int($0) }
+        guard !blockSizes.isEmpty, blockSizes.allSatisfy({ $0 >= 8 && $0 <= 1 << 20 }) else {
+            throw ValidationError("--sizes: block sizes of 8 bytes to 1 MiB, comma-separated")
+        }
+        let self_ = try selfPath()
+        print("block    pipe_MB/s  spsc_MB/s  ring_read_MB/s  ring_peek_MB/s  read/pipe  read/spsc  peek/spsc  peek/read")
+        for bs in blockSizes {
+            let total = (bs < 4096 ? megabytes * 1_000_000 / 8 : megabytes * 1_000_000) / bs * bs
+            let pipe = try pipeCase(self_, bs, total)
+            let spsc = try spscCase(self_, bs, total)
+            let read = try ringCase(self_, bs, total, peek: false)
+            let peek = try ringCase(self_, bs, total, peek: true)
+            print(String(format6(bs, 8)) + col(pipe, 11) + col(spsc, 11) + col(read, 16) + col(peek, 16)
+                  + ratio(read / pipe, 11) + ratio(read / spsc, 11) + ratio(peek / spsc, 11) + ratio(peek / read, 11))
+            fflush(nil)
+        }
+    }
+
+    func col(_ v: Double, _ w: Int) -> String { format6(Int(v.rounded()), w) }
+    func ratio(_ v: Double, _ w: Int) -> String {
+        let s = "\((v * 100).rounded() / 100)x"
+        return String(repeating: " ", count: max(1, w - s.count)) + s
+    }
+
+    /// MB/s of `total` bytes in `seconds`.
+    func rate(_ total: Int, _ ns: Int64) -> Double { Double(total) / (Double(ns) / 1e9) / 1e6 }
+
+    func pipeCase(_ exe: String, _ bs: Int, _ total: Int) throws -> Double {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw ValidationError("pipe: \(String(cString: strerror(errno)))") }
+        let t0 = monotonicNanoseconds()
+        let pid = try spawn(exe, ["bench", "ipc-peer", "pipe", "\(bs)", "\(total)"], fd: fds[1])
+        close(fds[1])
+        let got = ipcb_pipe_read(fds[0], bs)
+        let t = monotonicNanoseconds() - t0
+        close(fds[0])
+        try reap(pid)
+        guard got == total else { throw ValidationError("pipe moved \(got) of \(total) bytes") }
+        return rate(total, t)
+    }
+
+    func spscCase(_ exe: String, _ bs: Int, _ total: Int) throws -> Double {
+        let ringSize = 1 << ringLog2
+        let size = ipcb_spsc_region_size(ringSize)
+        let fd = pipes_ring_memfd("ipcb", UInt64(size))
+        guard fd >= 0,
+              let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED
+        else { throw ValidationError("shared memory: \(String(cString: strerror(errno)))") }
+        defer { munmap(p, size); close(fd) }
+        let t0 = monotonicNanoseconds()
+        let pid = try spawn(exe, ["bench", "ipc-peer", "spsc", "\(bs)", "\(total)", "\(ringSize)"], fd: fd)
+        let got = ipcb_spsc_consume(p, ringSize, bs, total)
+        let t = monotonicNanoseconds() - t0
+        try reap(pid)
+        guard got == total else { throw ValidationError("spsc moved \(got) of \(total) bytes") }
+        return rate(total, t)
+    }
+
+    func ringCase(_ exe: String, _ bs: Int, _ total: Int, peek: Bool) throws -> Double {
+        let ring = try ringOrFail(DBuf(sizeLog2: ringLog2, policy: .block, maxReaders: 1))
+        guard let reader = ring.attach() else { throw ValidationError("no reader slot") }
+        let t0 = monotonicNanoseconds()
+        let pid = try spawn(exe, ["bench", "ipc-peer", "ring", "\(bs)", "\(total)"], fd: ring.fd)
+        var got = 0
+        var sum: UInt64 = 0
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 64)
+        defer { buffer.deallocate() }
+        while true {
+            if peek {
+                if let rec = reader.peek() {
+                    sum &+= UInt64(rec.bytes.load(as: UInt8.self))  // touch the block: a peek that looks at it
+                    got += rec.bytes.count
+                    reader.consume(rec)
+                    continue
+                }
+            } else if let (n, _) = reader.read(into: buffer) {
+                got += n
+                continue
+            }
+            if reader.isAtEnd { break }
+            reader.wait(timeoutNanoseconds: 1_000_000)
+        }
+        let t = monotonicNanoseconds() - t0
+        try reap(pid)
+        guard got == total else { throw ValidationError("ring moved \(got) of \(total) bytes (sum \(sum))") }
+        return rate(total, t)
+    }
+
+    func ringOrFail(_ make: @autoclosure () throws(RingError) -> DBuf) throws -> DBuf {
+        do { return try make() } catch { throw ValidationError("ring: \(error.message)") }
+    }
+
+    /// Starts `exe args` with `fd` as its descriptor 3.
+    func spawn(_ exe: String, _ args: [String], fd: Int32) throws -> pid_t {
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_adddup2(&fa, fd, 3)
+        let argv = ([exe] + args).map { strdup($0) }
+        defer { argv.forEach { free($0) } }
+        var cargv = argv + [nil]
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, exe, &fa, nil, &cargv, environ)
+        guard rc == 0 else { throw ValidationError("posix_spawn: \(String(cString: strerror(rc)))") }
+        return pid
+    }
+
+    func reap(_ pid: pid_t) throws {
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        guard status == 0 else { throw ValidationError("the peer process failed (status \(status))") }
+    }
+
+    func selfPath() throws -> String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, 4095)
+        guard n > 0 else { throw ValidationError("cannot find this executable") }
+        return String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// The producing side of `bench ipc`, started by it with the pipe, region or ring as descriptor 3.
+struct IPCPeer: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ipc-peer", abstract: "(internal) producer for bench ipc.",
+                                                    shouldDisplay: false)
+    @Argument var kind: String
+    @Argument var block: Int
+    @Argument var total: Int
+    @Argument var ringSize: Int = 0
+
+    func run() throws {
+        switch kind {
+        case "pipe":
+            if ipcb_pipe_write(3, block, total) != total { throw ExitCode(1) }
+        case "spsc":
+            let size = ipcb_spsc_region_size(ringSize)
+            guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, 3, 0), p != MAP_FAILED else { throw ExitCode(1) }
+            ipcb_spsc_produce(p, ringSize, block, total)
+        case "ring":
+            let ring: DBuf
+            do { ring = try DBuf(mapping: 3) } catch { throw ExitCode(1) }
+            let n = total / block
+            for _ in 0..<n {
+                guard let p = ring.reserve(block) else { throw ExitCode(1) }
+                p.initializeMemory(as: UInt8.self, repeating: 1, count: block)
+                ring.commit(block, wireLength: block)
+            }
+            ring.close()
+        default:
+            throw ExitCode(2)
+        }
+    }
+}
+
+func format6(_ v: Int, _ width: Int) -> String {
+    let s = "\(v)"
+    return String(repeating: " ", count: max(1, width - s.count)) + s
+}
