@@ -48,6 +48,7 @@ public final class DBuf: @unchecked Sendable {
     /// the ring looks full).
     private var cachedMinTail: UInt64 = 0
     private var sinceWake: UInt32 = 0
+    private var lastWakeHead: UInt64 = 0
     private let threshold: UInt32
 
     /// The largest payload one record may carry: a record and a pad record must fit in the ring together.
@@ -197,7 +198,9 @@ public final class DBuf: @unchecked Sendable {
         withUnsafeMutablePointer(to: &header.pointee.producer.records) { pipes_store_relaxed64($0, records) }
         withUnsafeMutablePointer(to: &header.pointee.producer.head) { pipes_store_release64($0, head) }
         sinceWake &+= 1
-        if sinceWake >= threshold { flush() }
+        // Moderation (§6.2): wake sleepers every `threshold` records, or every quarter ring of bytes so large
+        // records do not fill the ring before anyone is woken.
+        if sinceWake >= threshold || head &- lastWakeHead >= UInt64(capacity / 4) { flush() }
     }
 
     /// Wakes sleeping readers if records were published since the last wake-up (call at the end of a batch:
@@ -205,6 +208,7 @@ public final class DBuf: @unchecked Sendable {
     public func flush() {
         if sinceWake == 0 { return }
         sinceWake = 0
+        lastWakeHead = head
         pipes_fence_seq_cst()  // the head store before the sleepers load (pairs with the reader's fence)
         let sleepers = withUnsafeMutablePointer(to: &header.pointee.consumers.sleepers) { pipes_load_acquire32($0) }
         if sleepers == 0 { return }
