@@ -294,6 +294,8 @@ public final class DBufReader: @unchecked Sendable {
     public let ring: DBuf
     let slot: UnsafeMutablePointer<pipes_ring_reader>
     private var tail: UInt64
+    private var cachedHead: UInt64
+    private let headPointer: UnsafeMutablePointer<UInt64>
     private var nextSequence: UInt64
     /// Records delivered and, on a `.drop` ring, records lost because this reader lagged.
     public private(set) var delivered: UInt64 = 0
@@ -303,8 +305,10 @@ public final class DBufReader: @unchecked Sendable {
     init(ring: DBuf, slot: UnsafeMutablePointer<pipes_ring_reader>) {
         self.ring = ring
         self.slot = slot
-        let h = withUnsafeMutablePointer(to: &ring.header.pointee.producer.head) { pipes_load_acquire64($0) }
+        headPointer = withUnsafeMutablePointer(to: &ring.header.pointee.producer.head) { $0 }
+        let h = pipes_load_acquire64(headPointer)
         tail = h
+        cachedHead = h
         nextSequence = withUnsafeMutablePointer(to: &ring.header.pointee.producer.records) { pipes_load_acquire64($0) }
         slot.pointee.records = 0
         slot.pointee.dropped = 0
@@ -338,9 +342,17 @@ public final class DBufReader: @unchecked Sendable {
     public func peek() -> Record? {
         let r = ring
         while true {
-            let head = withUnsafeMutablePointer(to: &r.header.pointee.producer.head) { pipes_load_acquire64($0) }
-            if r.policy == .drop { resyncIfOvertaken() }
-            if tail == head { return nil }
+            // The producer's head is reloaded only when what we knew of is used up: one shared cache line
+            // transfer per batch of records, not one per record.
+            if r.policy == .drop {
+                // Overtaken readers jump forward to `oldest`, which may lie past a cached head: reload it.
+                resyncIfOvertaken()
+                cachedHead = pipes_load_acquire64(headPointer)
+            }
+            if tail == cachedHead {
+                cachedHead = pipes_load_acquire64(headPointer)
+                if tail == cachedHead { return nil }
+            }
             let rec = pipes_rec_at(r.data, r.mask, tail)!
             let len = rec.pointee.length
             if len == PIPES_REC_PAD {
