@@ -296,6 +296,9 @@ public final class DBufReader: @unchecked Sendable {
     private var tail: UInt64
     private var cachedHead: UInt64
     private let headPointer: UnsafeMutablePointer<UInt64>
+    private let tailPointer: UnsafeMutablePointer<UInt64>
+    private let roomFlag: UnsafeMutablePointer<UInt32>
+    private let isBlocking: Bool
     private var nextSequence: UInt64
     /// Records delivered and, on a `.drop` ring, records lost because this reader lagged.
     public private(set) var delivered: UInt64 = 0
@@ -306,6 +309,9 @@ public final class DBufReader: @unchecked Sendable {
         self.ring = ring
         self.slot = slot
         headPointer = withUnsafeMutablePointer(to: &ring.header.pointee.producer.head) { $0 }
+        tailPointer = withUnsafeMutablePointer(to: &slot.pointee.tail) { $0 }
+        roomFlag = withUnsafeMutablePointer(to: &ring.header.pointee.producer.waiting_for_room) { $0 }
+        isBlocking = ring.policy == .block
         let h = pipes_load_acquire64(headPointer)
         tail = h
         cachedHead = h
@@ -322,6 +328,7 @@ public final class DBufReader: @unchecked Sendable {
     public func detach() {
         if detached { return }
         detached = true
+        publishCounters()
         withUnsafeMutablePointer(to: &slot.pointee.state) { pipes_store_release32($0, PIPES_READER_FREE.rawValue) }
         wakeProducer()
     }
@@ -387,10 +394,15 @@ public final class DBufReader: @unchecked Sendable {
         tail = record.position &+ record.span
         nextSequence = record.sequence &+ 1
         delivered &+= 1
+        if delivered & 63 == 0 { publishCounters() }  // statistics for other processes, every 64 records
+        pipes_store_release64(tailPointer, tail)
+        if isBlocking { wakeProducer() }
+    }
+
+    /// Copies the delivered and dropped counts into the shared slot (they are otherwise published lazily).
+    public func publishCounters() {
         slot.pointee.records = delivered
         slot.pointee.dropped = dropped
-        withUnsafeMutablePointer(to: &slot.pointee.tail) { pipes_store_release64($0, tail) }
-        if ring.policy == .block { wakeProducer() }
     }
 
     /// Copies the next record into `buffer` (up to its size) and moves past it. Returns the record's length
@@ -439,10 +451,10 @@ public final class DBufReader: @unchecked Sendable {
     /// No fence between our tail store and this load (it would cost a full barrier per record): in the rare
     /// interleaving where the producer misses the new tail and this reader misses its flag, the producer's
     /// bounded futex wait (1 ms) covers it; the producer spins before it sleeps, so that is rare.
+    @inline(__always)
     private func wakeProducer() {
+        if pipes_load_acquire32(roomFlag) == 0 { return }
         let h = ring.header
-        let waiting = withUnsafeMutablePointer(to: &h.pointee.producer.waiting_for_room) { pipes_load_acquire32($0) }
-        if waiting == 0 { return }
         withUnsafeMutablePointer(to: &h.pointee.consumers.room_seq) { w in
             _ = pipes_fetch_add32(w, 1)
             _ = pipes_futex_wake(w, 1)

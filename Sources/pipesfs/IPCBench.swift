@@ -166,9 +166,12 @@ struct IPCPeer: ParsableCommand {
             let ring: DBuf
             do { ring = try DBuf(mapping: 3) } catch { throw ExitCode(1) }
             let n = total / block
+            // Like the SPSC baseline's producer: copy a prepared block in (zero-copy production via reserve).
+            let source = UnsafeMutableRawPointer.allocate(byteCount: block, alignment: 64)
+            source.initializeMemory(as: UInt8.self, repeating: 1, count: block)
             for _ in 0..<n {
                 guard let p = ring.reserve(block) else { throw ExitCode(1) }
-                p.initializeMemory(as: UInt8.self, repeating: 1, count: block)
+                p.copyMemory(from: source, byteCount: block)
                 ring.commit(block, wireLength: block)
             }
             ring.close()
