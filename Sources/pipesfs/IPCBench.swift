@@ -23,6 +23,10 @@ struct IPCBench: ParsableCommand {
         guard !blockSizes.isEmpty, blockSizes.allSatisfy({ $0 >= 8 && $0 <= 1 << 20 }) else {
             throw ValidationError("--sizes: block sizes of 8 bytes to 1 MiB, comma-separated")
         }
+        guard (12...30).contains(ringLog2) else { throw ValidationError("--ring-log2: 12 to 30") }
+        if let big = blockSizes.first(where: { $0 > (1 << ringLog2) / 2 - 64 }) {
+            throw ValidationError("--sizes: a \(big)-byte block does not fit a 2^\(ringLog2)-byte ring twice; raise --ring-log2")
+        }
         let self_ = try selfPath()
         print("block    pipe_MB/s  spsc_MB/s  ring_read_MB/s  ring_peek_MB/s  read/pipe  read/spsc  peek/spsc  peek/read")
         for bs in blockSizes {
@@ -103,6 +107,10 @@ struct IPCBench: ParsableCommand {
             }
             if reader.isAtEnd { break }
             reader.wait(timeoutNanoseconds: 1_000_000)
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid && !reader.isAtEnd && reader.peek() == nil {
+                throw ValidationError("the producing process ended early (status \(status)) after \(got) of \(total) bytes")
+            }
         }
         let t = monotonicNanoseconds() - t0
         try reap(pid)
