@@ -246,6 +246,27 @@ public final class DBuf: @unchecked Sendable {
         return m
     }
 
+    /// Frees the slots of readers whose process has gone (killed while mapped): a blocking ring would
+    /// otherwise wait for them for ever. Called before the producer sleeps for room.
+    public func reclaimDeadReaders() {
+        let n = Int(header.pointee.info.max_readers)
+        let me = UInt32(getpid())
+        withUnsafeMutablePointer(to: &header.pointee.readers) { tuple in
+            tuple.withMemoryRebound(to: pipes_ring_reader.self, capacity: n) { slots in
+                for i in 0..<n {
+                    let s = slots + i
+                    let state = withUnsafeMutablePointer(to: &s.pointee.state) { $0 }
+                    guard pipes_load_acquire32(state) == PIPES_READER_ACTIVE.rawValue else { continue }
+                    let pid = s.pointee.pid
+                    if pid == 0 || pid == me { continue }
+                    if kill(pid_t(pid), 0) != 0 && errno == ESRCH {
+                        _ = pipes_cas32(state, PIPES_READER_ACTIVE.rawValue, PIPES_READER_FREE.rawValue)
+                    }
+                }
+            }
+        }
+    }
+
     /// Spin iterations (with a CPU pause) before a producer or reader sleeps on a futex: on a busy ring the
     /// other side usually moves within microseconds, and a futex round trip costs more than that.
     static let spins = 4000
@@ -256,6 +277,7 @@ public final class DBuf: @unchecked Sendable {
             pipes_cpu_relax()
             if head &+ need &- minTail() <= UInt64(capacity) { return }
         }
+        reclaimDeadReaders()
         let seqPtr = withUnsafeMutablePointer(to: &header.pointee.consumers.room_seq) { $0 }
         let flag = withUnsafeMutablePointer(to: &header.pointee.producer.waiting_for_room) { $0 }
         let seen = pipes_load_acquire32(seqPtr)
@@ -268,6 +290,17 @@ public final class DBuf: @unchecked Sendable {
     }
 
     // MARK: readers
+
+    /// The state word of reader slot `i` (0 free, 1 active), for tools and tests.
+    public func slotState(_ i: Int) -> UInt32 {
+        let n = Int(header.pointee.info.max_readers)
+        guard i >= 0 && i < n else { return 0 }
+        return withUnsafeMutablePointer(to: &header.pointee.readers) { tuple in
+            tuple.withMemoryRebound(to: pipes_ring_reader.self, capacity: n) { slots in
+                withUnsafeMutablePointer(to: &slots[i].state) { pipes_load_acquire32($0) }
+            }
+        }
+    }
 
     /// Attaches a reader at the current head (it sees records published from now on). Nil when every slot is
     /// taken.

@@ -196,3 +196,45 @@ struct DBufIndexTests {
         #expect(take(early)?.bytes == [2])
     }
 }
+
+@Suite("DBuf reader processes")
+struct DBufProcessTests {
+    @Test("a reader process killed while mapped does not hold a blocking ring: its slot is reclaimed")
+    func deadReaderIsReclaimed() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block, maxReaders: 2)
+        // A real reader in another process: a child maps the ring (fd 3), claims a slot, and is killed.
+        let view = try DBuf(mapping: ring.fd)
+        _ = view
+        var pid: pid_t = 0
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_adddup2(&fa, ring.fd, 3)
+        // The child claims slot 0 the way the client library does (state, pid, tail), then sleeps.
+        let script = """
+            import mmap, os, struct, time
+            m = mmap.mmap(3, 0)
+            m[256:260] = struct.pack('<I', 1)
+            m[256 + 32:256 + 36] = struct.pack('<I', os.getpid())
+            m[256 + 8:256 + 16] = struct.pack('<Q', 0)
+            time.sleep(60)
+            """
+        let words: [String] = ["/usr/bin/python3", "-c", script]
+        let argv = words.map { strdup($0) }
+        defer { argv.forEach { free($0) } }
+        var cargv = argv + [nil]
+        #expect(posix_spawn(&pid, "/usr/bin/python3", &fa, nil, &cargv, environ) == 0)
+        // Wait until the child holds the slot: then a second attach gets slot 1 and the ring stops at one lap.
+        #expect(eventually(within: 10) { view.slotState(0) == 1 })
+        let r = try #require(ring.attach())
+        var n = 0
+        while put(ring, pattern(500), wait: false) { n += 1; _ = take(r) }
+        #expect(n < 10, "the stuck reader in the child holds the producer")
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        ring.reclaimDeadReaders()
+        #expect(view.slotState(0) == 0, "the dead reader's slot is free again")
+        #expect(put(ring, pattern(500), wait: false), "the producer goes on")
+    }
+}
