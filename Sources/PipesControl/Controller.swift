@@ -100,7 +100,7 @@ public final class Controller: @unchecked Sendable {
         let op = "source \(name)"
         try checkName(name, root: true, op: op)
         guard let d = FilterLibrary.sources[scheme] else {
-            throw fail(op, ControlError(EINVAL, "unknown source scheme '\(scheme)' (pcap:PATH, live:IFACE, inject:IFACE)"))
+            throw fail(op, ControlError(EINVAL, "unknown source scheme '\(scheme)' (pcap:PATH, live:IFACE, inject:IFACE, gen:size=BYTES)"))
         }
         if (try withLock { () throws(ControlError) -> Bool in child(of: nil, named: name) != nil }) {
             throw fail(op, ControlError(EEXIST, "'\(name)' exists"))
@@ -435,6 +435,7 @@ public final class Controller: @unchecked Sendable {
             if node.isClassSelection { s += "class: \(node.selector.text)\n" } else { s += "args: \(node.filter.arguments)\n" }
             var cmds = node.isSource || node.isClassSelection || node.filter is any InputInjectable ? [] : ["args TEXT"]
             if node.filter is PcapFileSource { cmds += ["start", "stop", "rewind", "rate PPS"] }
+            if node.filter is GeneratorSource { cmds += ["start", "stop", "rate BPS"] }
             if node.filter is Count { cmds += ["reset"] }
             if node.filter is PcapOut { cmds += ["sync"] }
             s += "commands: \(cmds.joined(separator: ", "))\n"

@@ -307,7 +307,9 @@ public final class Tree: @unchecked Sendable {
                         throw controller.fail("open \(n.path)/all.pcap", FSError(EACCES, "all.pcap is read-only; write raw blocks to all"))
                     }
                     if n.filter is any SourceFilter && !(n.filter is LiveSource) {
-                        throw controller.fail("open \(n.path)/all", FSError(EACCES, "'\(n.name)' is a capture-file source; its stream comes from the file"))
+                        let what = n.filter is PcapFileSource ? "a capture-file source; its stream comes from the file"
+                            : "a \(n.descriptor.name) source; its stream comes from the source"
+                        throw controller.fail("open \(n.path)/all", FSError(EACCES, "'\(n.name)' is \(what)"))
                     }
                 }
                 var ring: TapRing?

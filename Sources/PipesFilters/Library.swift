@@ -11,6 +11,7 @@ public enum FilterLibrary {
     /// Sources, named by the scheme of a `--source NAME=SCHEME:SPEC` option.
     public static let sources: [String: FilterDescriptor] = [
         "pcap": PcapFileSource.descriptor, "live": LiveSource.descriptor, "inject": Tx.descriptor,
+        "gen": GeneratorSource.descriptor,
     ]
 
     public static let byName: [String: FilterDescriptor] = Dictionary(uniqueKeysWithValues: filters.map { ($0.name, $0) })

@@ -122,33 +122,39 @@ struct IPCBench: ParsableCommand {
         do { return try make() } catch { throw ValidationError("ring: \(error.message)") }
     }
 
-    /// Starts `exe args` with `fd` as its descriptor 3.
-    func spawn(_ exe: String, _ args: [String], fd: Int32) throws -> pid_t {
-        var fa = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&fa)
-        defer { posix_spawn_file_actions_destroy(&fa) }
-        posix_spawn_file_actions_adddup2(&fa, fd, 3)
-        let argv = ([exe] + args).map { strdup($0) }
-        defer { argv.forEach { free($0) } }
-        var cargv = argv + [nil]
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, exe, &fa, nil, &cargv, environ)
-        guard rc == 0 else { throw ValidationError("posix_spawn: \(String(cString: strerror(rc)))") }
-        return pid
-    }
+    func spawn(_ exe: String, _ args: [String], fd: Int32) throws -> pid_t { try spawnProcess(exe, args, fd: fd) }
+    func reap(_ pid: pid_t) throws { try reapProcess(pid) }
+    func selfPath() throws -> String { try executablePath() }
+}
 
-    func reap(_ pid: pid_t) throws {
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-        guard status == 0 else { throw ValidationError("the peer process failed (status \(status))") }
-    }
+/// Starts `exe args` with `fd` (if not -1) as its descriptor 3.
+func spawnProcess(_ exe: String, _ args: [String], fd: Int32) throws -> pid_t {
+    var fa = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&fa)
+    defer { posix_spawn_file_actions_destroy(&fa) }
+    if fd >= 0 { posix_spawn_file_actions_adddup2(&fa, fd, 3) }
+    let argv = ([exe] + args).map { strdup($0) }
+    defer { argv.forEach { free($0) } }
+    var cargv = argv + [nil]
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, exe, &fa, nil, &cargv, environ)
+    guard rc == 0 else { throw ValidationError("posix_spawn: \(String(cString: strerror(rc)))") }
+    return pid
+}
 
-    func selfPath() throws -> String {
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buf, 4095)
-        guard n > 0 else { throw ValidationError("cannot find this executable") }
-        return String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+/// Waits for a spawned process; throws unless it exited 0.
+func reapProcess(_ pid: pid_t) throws {
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    guard status == 0 else { throw ValidationError("the peer process failed (status \(status))") }
+}
+
+/// This executable's path.
+func executablePath() throws -> String {
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buf, 4095)
+    guard n > 0 else { throw ValidationError("cannot find this executable") }
+    return String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
 /// The producing side of `bench ipc`, started by it with the pipe, region or ring as descriptor 3.

@@ -1,0 +1,18 @@
+# `pipesfs bench ipc` and `bench tap` run end to end on this machine: every way of moving blocks they measure
+# (ring read, ring peek, pipe, SPSC ring; a gen source read through a FUSE mount) moves every byte (the commands check
+# the counts and fail otherwise). No speed is asserted here: figures come from full runs, reported with the issue.
+source "$(dirname "$0")/../lib.sh"
+out=$("$PIPESFS" bench ipc --megabytes 16 --runs 1 --sizes 64,4096,65536 --ring-log2 18)
+echo "$out"
+[ "$(echo "$out" | grep -cE '^ +(64|4096|65536) ')" = 3 ] || fail "expected a row per block size"
+echo "$out" | awk 'NR > 1 { for (i = 2; i <= 5; i++) if ($i + 0 <= 0) exit 1 }' || fail "a rate is not positive"
+expect_fail "'$PIPESFS' bench ipc --sizes 3" "block sizes of 8 bytes to 1 MiB"
+expect_fail "'$PIPESFS' bench ipc --sizes 65536 --ring-log2 16" "raise --ring-log2"
+ok "bench ipc moved every byte four ways"
+
+# `pipesfs bench tap` mounts its own PipesFS with a gen source and reads every byte of it through FUSE.
+out=$("$PIPESFS" bench tap --megabytes 40 --runs 1 --read-sizes 1048576,131072)
+echo "$out"
+[ "$(echo "$out" | grep -cE '^ +(1048576|131072) ')" = 2 ] || fail "expected a row per read size"
+awk '$3 == "fuse.pipesfs" && $2 ~ /pipesfs-bench/' /proc/mounts | grep -q . && fail "bench tap left a mount behind"
+ok "bench tap read every byte through a FUSE mount and unmounted"
