@@ -39,6 +39,9 @@ public final class DBuf: @unchecked Sendable {
     let header: UnsafeMutablePointer<pipes_ring_header>
     let data: UnsafeMutableRawPointer
     let ownsFD: Bool
+    /// Pointers to the shared fields, resolved once.
+    let f: RingFields
+    let maxReaders: Int
 
     // Producer-private state (the shared copies are in `header.pointee.producer`).
     private var head: UInt64 = 0
@@ -73,6 +76,8 @@ public final class DBuf: @unchecked Sendable {
         mappedSize = size
         base = p
         header = p.assumingMemoryBound(to: pipes_ring_header.self)
+        f = RingFields(p)
+        self.maxReaders = maxReaders
         data = p + Int(PIPES_RING_HEADER_SIZE)
         capacity = 1 << sizeLog2
         mask = UInt64(capacity - 1)
@@ -88,7 +93,7 @@ public final class DBuf: @unchecked Sendable {
         header.pointee.info.ring_id = ringID
         header.pointee.producer.size_log2 = UInt32(sizeLog2)
         // The magic last, with release order: a reader that sees it sees the rest.
-        withUnsafeMutablePointer(to: &header.pointee.info.magic) { pipes_store_release64($0, PIPES_RING_MAGIC) }
+        pipes_store_release64(f.magic, PIPES_RING_MAGIC)
     }
 
     /// Maps a ring another process created (the reader side). `fd` stays the caller's.
@@ -101,7 +106,7 @@ public final class DBuf: @unchecked Sendable {
             throw RingError(errno, "mmap: \(String(cString: strerror(errno)))")
         }
         let h = p.assumingMemoryBound(to: pipes_ring_header.self)
-        let magic = withUnsafeMutablePointer(to: &h.pointee.info.magic) { pipes_load_acquire64($0) }
+        let magic = pipes_load_acquire64(RingFields(p).magic)
         let sizeLog2 = Int(h.pointee.info.size_log2)
         guard magic == PIPES_RING_MAGIC, h.pointee.info.version == PIPES_RING_VERSION,
               (12...34).contains(sizeLog2), Int(PIPES_RING_HEADER_SIZE) + (1 << sizeLog2) == size,
@@ -115,15 +120,17 @@ public final class DBuf: @unchecked Sendable {
         mappedSize = size
         base = p
         header = h
+        f = RingFields(p)
+        maxReaders = min(Int(h.pointee.info.max_readers), Int(PIPES_RING_MAX_READERS))
         data = p + Int(PIPES_RING_HEADER_SIZE)
         capacity = 1 << sizeLog2
         mask = UInt64(capacity - 1)
         policy = pol
         threshold = max(1, h.pointee.info.threshold)
         // A mapping may also take over producing (another process): continue from the published indices.
-        head = withUnsafeMutablePointer(to: &h.pointee.producer.head) { pipes_load_acquire64($0) }
-        records = withUnsafeMutablePointer(to: &h.pointee.producer.records) { pipes_load_acquire64($0) }
-        oldest = withUnsafeMutablePointer(to: &h.pointee.producer.oldest) { pipes_load_acquire64($0) }
+        head = pipes_load_acquire64(f.head)
+        records = pipes_load_acquire64(f.records)
+        oldest = pipes_load_acquire64(f.oldest)
         cachedMinTail = minTail()
     }
 
@@ -172,7 +179,7 @@ public final class DBuf: @unchecked Sendable {
             }
             if o != oldest {
                 oldest = o
-                withUnsafeMutablePointer(to: &header.pointee.producer.oldest) { pipes_store_release64($0, o) }
+                pipes_store_release64(f.oldest, o)
                 pipes_fence_seq_cst()  // readers validate copies against `oldest`: order it before the overwrite
             }
         }
@@ -195,8 +202,8 @@ public final class DBuf: @unchecked Sendable {
         r.pointee.flags = 0
         head &+= pipes_rec_span(UInt32(length))
         records &+= 1
-        withUnsafeMutablePointer(to: &header.pointee.producer.records) { pipes_store_relaxed64($0, records) }
-        withUnsafeMutablePointer(to: &header.pointee.producer.head) { pipes_store_release64($0, head) }
+        pipes_store_relaxed64(f.records, records)
+        pipes_store_release64(f.head, head)
         sinceWake &+= 1
         // Moderation (§6.2): wake sleepers every `threshold` records, or every quarter ring of bytes so large
         // records do not fill the ring before anyone is woken.
@@ -210,18 +217,16 @@ public final class DBuf: @unchecked Sendable {
         sinceWake = 0
         lastWakeHead = head
         pipes_fence_seq_cst()  // the head store before the sleepers load (pairs with the reader's fence)
-        let sleepers = withUnsafeMutablePointer(to: &header.pointee.consumers.sleepers) { pipes_load_acquire32($0) }
+        let sleepers = pipes_load_acquire32(f.sleepers)
         if sleepers == 0 { return }
-        withUnsafeMutablePointer(to: &header.pointee.producer.wake_seq) { w in
-            _ = pipes_fetch_add32(w, 1)
-            _ = pipes_futex_wake(w, Int32.max)
-        }
-        header.pointee.producer.wakeups &+= 1
+        _ = pipes_fetch_add32(f.wakeSeq, 1)
+        _ = pipes_futex_wake(f.wakeSeq, Int32.max)
+        pipes_store_relaxed64(f.wakeups, pipes_load_relaxed64(f.wakeups) &+ 1)
     }
 
     /// Ends the stream: readers get what is there, then end of stream.
     public func close() {
-        withUnsafeMutablePointer(to: &header.pointee.producer.closed) { pipes_store_release32($0, 1) }
+        pipes_store_release32(f.closed, 1)
         sinceWake = max(sinceWake, 1)
         flush()
     }
@@ -231,17 +236,11 @@ public final class DBuf: @unchecked Sendable {
 
     private func minTail() -> UInt64 {
         var m = head
-        let n = Int(header.pointee.info.max_readers)
-        withUnsafeMutablePointer(to: &header.pointee.readers) { tuple in
-            tuple.withMemoryRebound(to: pipes_ring_reader.self, capacity: n) { slots in
-                for i in 0..<n {
-                    let s = slots + i
-                    guard withUnsafeMutablePointer(to: &s.pointee.state, { pipes_load_acquire32($0) }) == PIPES_READER_ACTIVE.rawValue
-                    else { continue }
-                    let t = withUnsafeMutablePointer(to: &s.pointee.tail) { pipes_load_acquire64($0) }
-                    if head &- t > head &- m { m = t }
-                }
-            }
+        for i in 0..<maxReaders {
+            let s = f.slots + i
+            guard pipes_load_acquire32(RingFields.state(s)) == PIPES_READER_ACTIVE.rawValue else { continue }
+            let t = pipes_load_acquire64(RingFields.tail(s))
+            if head &- t > head &- m { m = t }
         }
         return m
     }
@@ -249,20 +248,14 @@ public final class DBuf: @unchecked Sendable {
     /// Frees the slots of readers whose process has gone (killed while mapped): a blocking ring would
     /// otherwise wait for them for ever. Called before the producer sleeps for room.
     public func reclaimDeadReaders() {
-        let n = Int(header.pointee.info.max_readers)
         let me = UInt32(getpid())
-        withUnsafeMutablePointer(to: &header.pointee.readers) { tuple in
-            tuple.withMemoryRebound(to: pipes_ring_reader.self, capacity: n) { slots in
-                for i in 0..<n {
-                    let s = slots + i
-                    let state = withUnsafeMutablePointer(to: &s.pointee.state) { $0 }
-                    guard pipes_load_acquire32(state) == PIPES_READER_ACTIVE.rawValue else { continue }
-                    let pid = s.pointee.pid
-                    if pid == 0 || pid == me { continue }
-                    if kill(pid_t(pid), 0) != 0 && errno == ESRCH {
-                        _ = pipes_cas32(state, PIPES_READER_ACTIVE.rawValue, PIPES_READER_FREE.rawValue)
-                    }
-                }
+        for i in 0..<maxReaders {
+            let state = RingFields.state(f.slots + i)
+            guard pipes_load_acquire32(state) == PIPES_READER_ACTIVE.rawValue else { continue }
+            let pid = pipes_load_acquire32(RingFields.pid(f.slots + i))
+            if pid == 0 || pid == me { continue }
+            if kill(pid_t(pid), 0) != 0 && errno == ESRCH {
+                _ = pipes_cas32(state, PIPES_READER_ACTIVE.rawValue, PIPES_READER_FREE.rawValue)
             }
         }
     }
@@ -278,8 +271,8 @@ public final class DBuf: @unchecked Sendable {
             if head &+ need &- minTail() <= UInt64(capacity) { return }
         }
         reclaimDeadReaders()
-        let seqPtr = withUnsafeMutablePointer(to: &header.pointee.consumers.room_seq) { $0 }
-        let flag = withUnsafeMutablePointer(to: &header.pointee.producer.waiting_for_room) { $0 }
+        let seqPtr = f.roomSeq
+        let flag = f.roomFlag
         let seen = pipes_load_acquire32(seqPtr)
         pipes_store_release32(flag, 1)
         pipes_fence_seq_cst()  // the flag before the tails (pairs with the reader's tail store, then flag load)
@@ -293,31 +286,20 @@ public final class DBuf: @unchecked Sendable {
 
     /// The state word of reader slot `i` (0 free, 1 active), for tools and tests.
     public func slotState(_ i: Int) -> UInt32 {
-        let n = Int(header.pointee.info.max_readers)
-        guard i >= 0 && i < n else { return 0 }
-        return withUnsafeMutablePointer(to: &header.pointee.readers) { tuple in
-            tuple.withMemoryRebound(to: pipes_ring_reader.self, capacity: n) { slots in
-                withUnsafeMutablePointer(to: &slots[i].state) { pipes_load_acquire32($0) }
-            }
-        }
+        guard i >= 0 && i < maxReaders else { return 0 }
+        return pipes_load_acquire32(RingFields.state(f.slots + i))
     }
 
     /// Attaches a reader at the current head (it sees records published from now on). Nil when every slot is
     /// taken.
     public func attach() -> DBufReader? {
-        let n = Int(header.pointee.info.max_readers)
-        return withUnsafeMutablePointer(to: &header.pointee.readers) { tuple in
-            tuple.withMemoryRebound(to: pipes_ring_reader.self, capacity: n) { slots -> DBufReader? in
-                for i in 0..<n {
-                    let s = slots + i
-                    let claimed = withUnsafeMutablePointer(to: &s.pointee.state) {
-                        pipes_cas32($0, PIPES_READER_FREE.rawValue, PIPES_READER_ACTIVE.rawValue) != 0
-                    }
-                    if claimed { return DBufReader(ring: self, slot: s) }
-                }
-                return nil
+        for i in 0..<maxReaders {
+            let s = f.slots + i
+            if pipes_cas32(RingFields.state(s), PIPES_READER_FREE.rawValue, PIPES_READER_ACTIVE.rawValue) != 0 {
+                return DBufReader(ring: self, slot: s)
             }
         }
+        return nil
     }
 }
 
@@ -341,18 +323,18 @@ public final class DBufReader: @unchecked Sendable {
     init(ring: DBuf, slot: UnsafeMutablePointer<pipes_ring_reader>) {
         self.ring = ring
         self.slot = slot
-        headPointer = withUnsafeMutablePointer(to: &ring.header.pointee.producer.head) { $0 }
-        tailPointer = withUnsafeMutablePointer(to: &slot.pointee.tail) { $0 }
-        roomFlag = withUnsafeMutablePointer(to: &ring.header.pointee.producer.waiting_for_room) { $0 }
+        headPointer = ring.f.head
+        tailPointer = RingFields.tail(slot)
+        roomFlag = ring.f.roomFlag
         isBlocking = ring.policy == .block
         let h = pipes_load_acquire64(headPointer)
         tail = h
         cachedHead = h
-        nextSequence = withUnsafeMutablePointer(to: &ring.header.pointee.producer.records) { pipes_load_acquire64($0) }
-        slot.pointee.records = 0
-        slot.pointee.dropped = 0
-        slot.pointee.pid = UInt32(getpid())
-        withUnsafeMutablePointer(to: &slot.pointee.tail) { pipes_store_release64($0, h) }
+        nextSequence = pipes_load_acquire64(ring.f.records)
+        pipes_store_relaxed64(RingFields.records(slot), 0)
+        pipes_store_relaxed64(RingFields.dropped(slot), 0)
+        pipes_store_release32(RingFields.pid(slot), UInt32(getpid()))
+        pipes_store_release64(tailPointer, h)
     }
 
     deinit { detach() }
@@ -362,7 +344,7 @@ public final class DBufReader: @unchecked Sendable {
         if detached { return }
         detached = true
         publishCounters()
-        withUnsafeMutablePointer(to: &slot.pointee.state) { pipes_store_release32($0, PIPES_READER_FREE.rawValue) }
+        pipes_store_release32(RingFields.state(slot), PIPES_READER_FREE.rawValue)
         wakeProducer()
     }
 
@@ -418,7 +400,7 @@ public final class DBufReader: @unchecked Sendable {
     public func isStillValid(_ record: Record) -> Bool {
         if ring.policy == .block { return true }
         pipes_fence_seq_cst()
-        let oldest = withUnsafeMutablePointer(to: &ring.header.pointee.producer.oldest) { pipes_load_acquire64($0) }
+        let oldest = pipes_load_acquire64(ring.f.oldest)
         return record.position >= oldest
     }
 
@@ -434,8 +416,8 @@ public final class DBufReader: @unchecked Sendable {
 
     /// Copies the delivered and dropped counts into the shared slot (they are otherwise published lazily).
     public func publishCounters() {
-        slot.pointee.records = delivered
-        slot.pointee.dropped = dropped
+        pipes_store_relaxed64(RingFields.records(slot), delivered)
+        pipes_store_relaxed64(RingFields.dropped(slot), dropped)
     }
 
     /// Copies the next record into `buffer` (up to its size) and moves past it. Returns the record's length
@@ -453,31 +435,31 @@ public final class DBufReader: @unchecked Sendable {
 
     /// True when the producer closed the ring and everything was read.
     public var isAtEnd: Bool {
-        let closed = withUnsafeMutablePointer(to: &ring.header.pointee.producer.closed) { pipes_load_acquire32($0) } != 0
-        let head = withUnsafeMutablePointer(to: &ring.header.pointee.producer.head) { pipes_load_acquire64($0) }
+        let closed = pipes_load_acquire32(ring.f.closed) != 0
+        let head = pipes_load_acquire64(ring.f.head)
         return closed && tail == head
     }
 
     /// Sleeps until a record may be there, the ring closed, or `timeoutNanoseconds` passed.
     public func wait(timeoutNanoseconds: UInt64 = 100_000_000) {
         let h = ring.header
-        let headPtr = withUnsafeMutablePointer(to: &h.pointee.producer.head) { $0 }
+        let headPtr = ring.f.head
         for _ in 0..<DBuf.spins {
             if pipes_load_acquire64(headPtr) != tail { return }
             pipes_cpu_relax()
         }
-        let seqPtr = withUnsafeMutablePointer(to: &h.pointee.producer.wake_seq) { $0 }
+        let seqPtr = ring.f.wakeSeq
         let seen = pipes_load_acquire32(seqPtr)
-        withUnsafeMutablePointer(to: &h.pointee.consumers.sleepers) { _ = pipes_fetch_add32($0, 1) }
+        _ = pipes_fetch_add32(ring.f.sleepers, 1)
         pipes_fence_seq_cst()
-        let head = withUnsafeMutablePointer(to: &h.pointee.producer.head) { pipes_load_acquire64($0) }
-        let closed = withUnsafeMutablePointer(to: &h.pointee.producer.closed) { pipes_load_acquire32($0) } != 0
+        let head = pipes_load_acquire64(ring.f.head)
+        let closed = pipes_load_acquire32(ring.f.closed) != 0
         if head == tail && !closed { _ = pipes_futex_wait(seqPtr, seen, timeoutNanoseconds) }
-        withUnsafeMutablePointer(to: &h.pointee.consumers.sleepers) { _ = pipes_fetch_add32($0, UInt32.max) }
+        _ = pipes_fetch_add32(ring.f.sleepers, UInt32.max)
     }
 
     private func resyncIfOvertaken() {
-        let oldest = withUnsafeMutablePointer(to: &ring.header.pointee.producer.oldest) { pipes_load_acquire64($0) }
+        let oldest = pipes_load_acquire64(ring.f.oldest)
         if tail < oldest { tail = oldest }
     }
 
@@ -488,9 +470,49 @@ public final class DBufReader: @unchecked Sendable {
     private func wakeProducer() {
         if pipes_load_acquire32(roomFlag) == 0 { return }
         let h = ring.header
-        withUnsafeMutablePointer(to: &h.pointee.consumers.room_seq) { w in
-            _ = pipes_fetch_add32(w, 1)
-            _ = pipes_futex_wake(w, 1)
-        }
+        _ = pipes_fetch_add32(ring.f.roomSeq, 1)
+        _ = pipes_futex_wake(ring.f.roomSeq, 1)
     }
+}
+
+/// Pointers to the fields of a ring header that both sides touch, computed once from the layout. All access to
+/// them goes through the ABI's atomic helpers, never through Swift inout access to shared memory (which the
+/// exclusivity model and the thread sanitizer would see as plain conflicting accesses).
+struct RingFields {
+    let magic, head, records, oldest, wakeups: UnsafeMutablePointer<UInt64>
+    let closed, wakeSeq, roomFlag, sleepers, roomSeq: UnsafeMutablePointer<UInt32>
+    let slots: UnsafeMutablePointer<pipes_ring_reader>
+
+    init(_ base: UnsafeMutableRawPointer) {
+        func at<T>(_ k: KeyPath<pipes_ring_header, T>, _: T.Type = T.self) -> UnsafeMutablePointer<T> {
+            (base + MemoryLayout<pipes_ring_header>.offset(of: k)!).assumingMemoryBound(to: T.self)
+        }
+        magic = at(\.info.magic)
+        head = at(\.producer.head)
+        records = at(\.producer.records)
+        oldest = at(\.producer.oldest)
+        wakeups = at(\.producer.wakeups)
+        closed = at(\.producer.closed)
+        wakeSeq = at(\.producer.wake_seq)
+        roomFlag = at(\.producer.waiting_for_room)
+        sleepers = at(\.consumers.sleepers)
+        roomSeq = at(\.consumers.room_seq)
+        slots = (base + MemoryLayout<pipes_ring_header>.offset(of: \.readers)!).assumingMemoryBound(to: pipes_ring_reader.self)
+    }
+
+    // Offsets within a reader slot, computed once.
+    static let stateOffset = MemoryLayout<pipes_ring_reader>.offset(of: \.state)!
+    static let tailOffset = MemoryLayout<pipes_ring_reader>.offset(of: \.tail)!
+    static let recordsOffset = MemoryLayout<pipes_ring_reader>.offset(of: \.records)!
+    static let droppedOffset = MemoryLayout<pipes_ring_reader>.offset(of: \.dropped)!
+    static let pidOffset = MemoryLayout<pipes_ring_reader>.offset(of: \.pid)!
+
+    @inline(__always) static func at<T>(_ s: UnsafeMutablePointer<pipes_ring_reader>, _ offset: Int, _: T.Type) -> UnsafeMutablePointer<T> {
+        (UnsafeMutableRawPointer(s) + offset).assumingMemoryBound(to: T.self)
+    }
+    static func state(_ s: UnsafeMutablePointer<pipes_ring_reader>) -> UnsafeMutablePointer<UInt32> { at(s, stateOffset, UInt32.self) }
+    static func tail(_ s: UnsafeMutablePointer<pipes_ring_reader>) -> UnsafeMutablePointer<UInt64> { at(s, tailOffset, UInt64.self) }
+    static func records(_ s: UnsafeMutablePointer<pipes_ring_reader>) -> UnsafeMutablePointer<UInt64> { at(s, recordsOffset, UInt64.self) }
+    static func dropped(_ s: UnsafeMutablePointer<pipes_ring_reader>) -> UnsafeMutablePointer<UInt64> { at(s, droppedOffset, UInt64.self) }
+    static func pid(_ s: UnsafeMutablePointer<pipes_ring_reader>) -> UnsafeMutablePointer<UInt32> { at(s, pidOffset, UInt32.self) }
 }
