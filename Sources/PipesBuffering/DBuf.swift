@@ -42,6 +42,8 @@ public final class DBuf: @unchecked Sendable {
     /// Pointers to the shared fields, resolved once.
     let f: RingFields
     let maxReaders: Int
+    /// The moderation timeout readers sleep at most (from the ring's `info`).
+    public let timeoutNanoseconds: UInt64
 
     // Producer-private state (the shared copies are in `header.pointee.producer`).
     private var head: UInt64 = 0
@@ -57,8 +59,11 @@ public final class DBuf: @unchecked Sendable {
     /// The largest payload one record may carry: a record and a pad record must fit in the ring together.
     public var maxRecordLength: Int { capacity / 2 - MemoryLayout<pipes_rec>.size - Int(PIPES_REC_ALIGN) }
 
-    /// Creates a ring of `1 << sizeLog2` bytes in a new memfd (the producer side).
-    public init(sizeLog2: Int, policy: Policy, maxReaders: Int = 16, threshold: Int = 32, ringID: UInt64 = 0) throws(RingError) {
+    /// Creates a ring of `1 << sizeLog2` bytes in a new memfd (the producer side). Moderation (§6.2): sleeping
+    /// readers are woken every `threshold` records, and a record published without a wake-up is seen at most
+    /// `timeoutNanoseconds` later (readers sleep no longer than that).
+    public init(sizeLog2: Int, policy: Policy, maxReaders: Int = 16, threshold: Int = 32,
+                timeoutNanoseconds: UInt64 = 1_000_000, ringID: UInt64 = 0) throws(RingError) {
         guard (12...34).contains(sizeLog2) else { throw RingError(EINVAL, "ring size 2^\(sizeLog2): want 2^12 to 2^34 bytes") }
         guard (1...Int(PIPES_RING_MAX_READERS)).contains(maxReaders) else {
             throw RingError(EINVAL, "maxReaders \(maxReaders): want 1 to \(PIPES_RING_MAX_READERS)")
@@ -78,6 +83,7 @@ public final class DBuf: @unchecked Sendable {
         header = p.assumingMemoryBound(to: pipes_ring_header.self)
         f = RingFields(p)
         self.maxReaders = maxReaders
+        self.timeoutNanoseconds = max(1000, timeoutNanoseconds)
         data = p + Int(PIPES_RING_HEADER_SIZE)
         capacity = 1 << sizeLog2
         mask = UInt64(capacity - 1)
@@ -90,6 +96,7 @@ public final class DBuf: @unchecked Sendable {
         header.pointee.info.policy = policy.rawValue
         header.pointee.info.max_readers = UInt32(maxReaders)
         header.pointee.info.threshold = UInt32(max(1, threshold))
+        header.pointee.info.timeout_ns = max(1000, timeoutNanoseconds)
         header.pointee.info.ring_id = ringID
         header.pointee.producer.size_log2 = UInt32(sizeLog2)
         // The magic last, with release order: a reader that sees it sees the rest.
@@ -122,6 +129,7 @@ public final class DBuf: @unchecked Sendable {
         header = h
         f = RingFields(p)
         maxReaders = min(Int(h.pointee.info.max_readers), Int(PIPES_RING_MAX_READERS))
+        timeoutNanoseconds = max(1000, h.pointee.info.timeout_ns)
         data = p + Int(PIPES_RING_HEADER_SIZE)
         capacity = 1 << sizeLog2
         mask = UInt64(capacity - 1)
@@ -440,8 +448,10 @@ public final class DBufReader: @unchecked Sendable {
         return closed && tail == head
     }
 
-    /// Sleeps until a record may be there, the ring closed, or `timeoutNanoseconds` passed.
-    public func wait(timeoutNanoseconds: UInt64 = 100_000_000) {
+    /// Sleeps until a record may be there, the ring closed, or `timeoutNanoseconds` passed (default: the
+    /// ring's moderation timeout, which bounds how late an unsignalled record is seen).
+    public func wait(timeoutNanoseconds: UInt64? = nil) {
+        let timeoutNanoseconds = timeoutNanoseconds ?? ring.timeoutNanoseconds
         let h = ring.header
         let headPtr = ring.f.head
         for _ in 0..<DBuf.spins {

@@ -238,3 +238,25 @@ struct DBufProcessTests {
         #expect(put(ring, pattern(500), wait: false), "the producer goes on")
     }
 }
+
+@Suite("DBuf moderation")
+struct DBufModerationTests {
+    @Test("below the threshold no wake-up is sent, but a sleeping reader sees the record within the ring's timeout")
+    func timeoutBoundsLatency() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block, threshold: 32, timeoutNanoseconds: 20_000_000)
+        let view = try DBuf(mapping: ring.fd)
+        #expect(view.timeoutNanoseconds == 20_000_000, "the timeout travels with the ring")
+        let r = try #require(ring.attach())
+        let seenAfter = Locked<Int64?>(nil)
+        let start = Locked<Int64>(0)
+        startThread(name: "reader") {
+            while take(r) == nil { r.wait() }  // the ring's timeout, not a caller's
+            seenAfter.value = monotonicNanoseconds() - start.value
+        }
+        pause(nanoseconds: 50_000_000)  // the reader is asleep by now
+        start.value = monotonicNanoseconds()
+        put(ring, [7])  // one record: below the threshold, so no wake-up
+        #expect(eventually(within: 5) { seenAfter.value != nil })
+        #expect((seenAfter.value ?? .max) < 1_000_000_000, "seen within about the 20 ms timeout")
+    }
+}
