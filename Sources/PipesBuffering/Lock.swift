@@ -56,6 +56,17 @@ public final class ConditionLock: @unchecked Sendable {
         return pthread_cond_timedwait(cond, mutex, &deadline) != ETIMEDOUT
     }
 
+    /// Waits (the lock held) until `done()` is true or `timeoutNanoseconds` passed; returns `done()`.
+    public func wait(until done: () -> Bool, timeoutNanoseconds: Int64) -> Bool {
+        let deadline = monotonicNanoseconds() + timeoutNanoseconds
+        while !done() {
+            let left = deadline - monotonicNanoseconds()
+            if left <= 0 { return false }
+            wait(timeoutNanoseconds: left)
+        }
+        return true
+    }
+
     public func broadcast() { pthread_cond_broadcast(cond) }
     public func signal() { pthread_cond_signal(cond) }
 }

@@ -158,15 +158,7 @@ public final class TapRing: @unchecked Sendable {
     /// Waits (producer side, without the space lock) until the reader drained below the high-water mark,
     /// went away, or `timeout` passed. Returns true when no longer congested.
     public func waitUntilDrained(timeoutNanoseconds: Int64) -> Bool {
-        lock.withLock {
-            let deadline = monotonicNanoseconds() + timeoutNanoseconds
-            while congestedLocked {
-                let left = deadline - monotonicNanoseconds()
-                if left <= 0 { return false }
-                lock.wait(timeoutNanoseconds: left)
-            }
-            return true
-        }
+        lock.withLock { lock.wait(until: { !congestedLocked }, timeoutNanoseconds: timeoutNanoseconds) }
     }
 
     /// Delivers data to parked reads and calls the poll notifier. Call without the space lock if possible.

@@ -51,9 +51,7 @@ public final class ErrorLog: @unchecked Sendable {
     private let lock = ConditionLock()
     private var queued: [String] = []
     private var queueDropped = 0
-    private var writerRunning = false
-    /// Lines taken from the queue and not yet handed to the sink.
-    private var writing = 0
+    private let writer = OnDemandWorker(name: "errorlog")
     /// Called for every line, on the logging thread (the daemon logs to stderr or syslog).
     public var sink: (@Sendable (String) -> Void)? {
         get { lock.withLock { _sink } }
@@ -72,53 +70,38 @@ public final class ErrorLog: @unchecked Sendable {
         var buf = [CChar](repeating: 0, count: 32)
         strftime(&buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tmv)
         let line = "\(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) \(message)"
-        let start: Bool = lock.withLock {
+        let toSink: Bool = lock.withLock {
             lines.append(line)
             if lines.count > limit { lines.removeFirst(lines.count - limit) }
             guard _sink != nil else { return false }
             queued.append(line)
             if queued.count > limit { queued.removeFirst(); queueDropped += 1 }
-            lock.signal()
-            if writerRunning { return false }
-            writerRunning = true
             return true
         }
-        if start { startThread(name: "errorlog") { [self] in writeQueued() } }
+        if toSink { writer.request { [self] in writeQueued() } }
     }
 
+    /// Hands the queued lines to the sink (on the writer thread).
     private func writeQueued() {
         while true {
-            lock.lock()
-            while queued.isEmpty {
-                if !lock.wait(timeoutNanoseconds: 1_000_000_000) && queued.isEmpty {
-                    writerRunning = false
-                    lock.unlock()
-                    return
+            let (batch, sink): ([String], (@Sendable (String) -> Void)?) = lock.withLock {
+                var batch = queued
+                queued.removeAll()
+                if queueDropped > 0 {
+                    batch.insert("(\(queueDropped) log lines dropped: the log was not keeping up)", at: 0)
+                    queueDropped = 0
                 }
+                return (batch, _sink)
             }
-            var batch = queued
-            queued.removeAll()
-            if queueDropped > 0 {
-                batch.insert("(\(queueDropped) log lines dropped: the log was not keeping up)", at: 0)
-                queueDropped = 0
-            }
-            let sink = _sink
-            writing = batch.count
-            lock.unlock()
+            if batch.isEmpty { return }
             for l in batch { sink?(l) }
-            lock.withLock { writing = 0 }
         }
     }
 
     /// Waits until queued lines were handed to the sink (tests, shutdown). Returns false on timeout.
-    @discardableResult
-    public func flush(timeoutNanoseconds: Int64 = 2_000_000_000) -> Bool {
-        let deadline = monotonicNanoseconds() + timeoutNanoseconds
-        while lock.withLock({ !queued.isEmpty || writing > 0 }) {
-            if monotonicNanoseconds() > deadline { return false }
-            usleep(1000)
-        }
-        return true
+    /// Waits until every queued line was handed to the sink (tests, shutdown).
+    public func flush() {
+        writer.waitIdle()
     }
 
     public var text: String {

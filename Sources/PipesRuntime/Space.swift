@@ -243,9 +243,7 @@ public final class Space: @unchecked Sendable {
     /// Completes every parked write with `errno` and waits until no retry pass is running (unmount: afterwards
     /// nothing in the space answers a request).
     public func failPendingWrites(_ errno: Int32) {
-        defer {
-            while retryLock.withLock({ retryPassRunning }) { usleep(1000) }
-        }
+        defer { retryWorker.waitIdle() }
         let all: [PendingWrite] = lock.withLock {
             let ws = pendingOrder.flatMap { pendingWrites[ObjectIdentifier($0)] ?? [] }
             pendingWrites = [:]
@@ -282,39 +280,12 @@ public final class Space: @unchecked Sendable {
     }
 
     private let retryLock = ConditionLock()
-    private var retryWanted = false
-    private var retryThreadRunning = false
-    private var retryPassRunning = false
+    private let retryWorker = OnDemandWorker(name: "retry-writes")
 
     /// Asks the retry thread to run `retryPendingWrites`. Drain notifications can come from a thread that
-    /// holds the space lock (a stream ending, a policy change), so they never retry in place. The thread
-    /// starts on demand and ends after a second with nothing to do.
+    /// holds the space lock (a stream ending, a policy change), so they never retry in place.
     private func requestRetry() {
-        let start: Bool = retryLock.withLock {
-            retryWanted = true
-            if retryThreadRunning { retryLock.signal(); return false }
-            retryThreadRunning = true
-            return true
-        }
-        if start { startThread(name: "retry-writes") { [self] in retryLoop() } }
-    }
-
-    private func retryLoop() {
-        while true {
-            retryLock.lock()
-            while !retryWanted {
-                if !retryLock.wait(timeoutNanoseconds: 1_000_000_000) && !retryWanted {
-                    retryThreadRunning = false
-                    retryLock.unlock()
-                    return
-                }
-            }
-            retryWanted = false
-            retryPassRunning = true
-            retryLock.unlock()
-            retryPendingWrites()
-            retryLock.withLock { retryPassRunning = false }
-        }
+        retryWorker.request { [self] in retryPendingWrites() }
     }
 
     /// Delivers parked writes, oldest first per node, as far as their readers allow. Runs on the thread that

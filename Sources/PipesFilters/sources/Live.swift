@@ -77,15 +77,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     public func shutdown() { state.withLock { stopping = true; state.broadcast() } }
 
     public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool {
-        state.withLock {
-            let deadline = monotonicNanoseconds() + timeoutNanoseconds
-            while threadRunning {
-                let left = deadline - monotonicNanoseconds()
-                if left <= 0 { return false }
-                state.wait(timeoutNanoseconds: left)
-            }
-            return true
-        }
+        state.withLock { state.wait(until: { !threadRunning }, timeoutNanoseconds: timeoutNanoseconds) }
     }
 
     public func statistics() -> [(String, String)] {

@@ -141,26 +141,13 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     /// Waits until the file has been played to its end (or the source stops). Returns false on timeout.
     public func waitUntilFinished(timeoutNanoseconds: Int64) -> Bool {
         state.withLock {
-            let deadline = monotonicNanoseconds() + timeoutNanoseconds
-            while !_finished && !stopping {
-                let left = deadline - monotonicNanoseconds()
-                if left <= 0 { return false }
-                state.wait(timeoutNanoseconds: left)
-            }
+            _ = state.wait(until: { _finished || stopping }, timeoutNanoseconds: timeoutNanoseconds)
             return _finished
         }
     }
 
     public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool {
-        state.withLock {
-            let deadline = monotonicNanoseconds() + timeoutNanoseconds
-            while threadRunning {
-                let left = deadline - monotonicNanoseconds()
-                if left <= 0 { return false }
-                state.wait(timeoutNanoseconds: left)
-            }
-            return true
-        }
+        state.withLock { state.wait(until: { !threadRunning }, timeoutNanoseconds: timeoutNanoseconds) }
     }
 
     // MARK: the source thread
