@@ -54,17 +54,7 @@ struct IPCBench: ParsableCommand {
     func rate(_ total: Int, _ ns: Int64) -> Double { Double(total) / (Double(ns) / 1e9) / 1e6 }
 
     func pipeCase(_ exe: String, _ bs: Int, _ total: Int) throws -> Double {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw ValidationError("pipe: \(String(cString: strerror(errno)))") }
-        let t0 = monotonicNanoseconds()
-        let pid = try spawn(exe, ["bench", "ipc-peer", "pipe", "\(bs)", "\(total)"], fd: fds[1])
-        close(fds[1])
-        let got = ipcb_pipe_read(fds[0], bs)
-        let t = monotonicNanoseconds() - t0
-        close(fds[0])
-        try reap(pid)
-        guard got == total else { throw ValidationError("pipe moved \(got) of \(total) bytes") }
-        return rate(total, t)
+        try pipeThroughput(exe, block: bs, readSize: bs, total: total)
     }
 
     func spscCase(_ exe: String, _ bs: Int, _ total: Int) throws -> Double {
@@ -140,6 +130,22 @@ func spawnProcess(_ exe: String, _ args: [String], fd: Int32) throws -> pid_t {
     let rc = posix_spawn(&pid, exe, &fa, nil, &cargv, environ)
     guard rc == 0 else { throw ValidationError("posix_spawn: \(String(cString: strerror(rc)))") }
     return pid
+}
+
+/// MB/s of `total` bytes written in `block`-byte writes into a Linux pipe by another process (`bench ipc-peer
+/// pipe`) and read here in `readSize`-byte reads: the baseline of `bench ipc` and `bench tap`.
+func pipeThroughput(_ exe: String, block: Int, readSize: Int, total: Int) throws -> Double {
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { throw ValidationError("pipe: \(String(cString: strerror(errno)))") }
+    let t0 = monotonicNanoseconds()
+    let pid = try spawnProcess(exe, ["bench", "ipc-peer", "pipe", "\(block)", "\(total)"], fd: fds[1])
+    close(fds[1])
+    let got = ipcb_pipe_read(fds[0], readSize)
+    let t = monotonicNanoseconds() - t0
+    close(fds[0])
+    try reapProcess(pid)
+    guard got == total else { throw ValidationError("the pipe moved \(got) of \(total) bytes") }
+    return Double(total) / (Double(t) / 1e9) / 1e6
 }
 
 /// Waits for a spawned process; throws unless it exited 0.

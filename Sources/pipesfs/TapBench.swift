@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import CIPCBaseline
+import PipesBuffering
 
 /// `pipesfs bench tap`: reading a `gen` source's `all` through a real FUSE mount, as `dd` would, against the same
 /// bytes through a Linux pipe, measured in the same run.
@@ -51,36 +52,26 @@ struct TapBench: ParsableCommand {
             waitpid(daemon, &status, 0)
         }
         let ctl = dir + "/g/ctl"
-        let deadline = monotonicNanosecondsNow() + 10_000_000_000
+        let deadline = monotonicNanoseconds() + 10_000_000_000
         while access(ctl, F_OK) != 0 {
-            if monotonicNanosecondsNow() > deadline { throw ValidationError("the mount at \(dir) did not appear (root and /dev/fuse are needed)") }
+            if monotonicNanoseconds() > deadline { throw ValidationError("the mount at \(dir) did not appear (root and /dev/fuse are needed)") }
             usleep(10_000)
         }
         let fd = open(dir + "/g/all", O_RDONLY)
         guard fd >= 0 else { throw ValidationError("open \(dir)/g/all: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let c = open(ctl, O_WRONLY)
-        let t0 = monotonicNanosecondsNow()
+        let t0 = monotonicNanoseconds()
         _ = "start\n".withCString { write(c, $0, 6) }
         close(c)
         let got = ipcb_pipe_read(fd, readSize)
-        let t = monotonicNanosecondsNow() - t0
+        let t = monotonicNanoseconds() - t0
         guard got == total else { throw ValidationError("the tap delivered \(got) of \(total) bytes") }
         return Double(total) / (Double(t) / 1e9) / 1e6
     }
 
     func pipeCase(_ exe: String, _ readSize: Int, _ total: Int) throws -> Double {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw ValidationError("pipe: \(String(cString: strerror(errno)))") }
-        let t0 = monotonicNanosecondsNow()
-        let pid = try spawnProcess(exe, ["bench", "ipc-peer", "pipe", "\(block)", "\(total)"], fd: fds[1])
-        close(fds[1])
-        let got = ipcb_pipe_read(fds[0], readSize)
-        let t = monotonicNanosecondsNow() - t0
-        close(fds[0])
-        try reapProcess(pid)
-        guard got == total else { throw ValidationError("the pipe moved \(got) of \(total) bytes") }
-        return Double(total) / (Double(t) / 1e9) / 1e6
+        try pipeThroughput(exe, block: block, readSize: readSize, total: total)
     }
 }
 
@@ -90,10 +81,4 @@ func spawnAndWait(_ argv: [String]) -> Int32 {
     var status: Int32 = 0
     waitpid(pid, &status, 0)
     return status
-}
-
-func monotonicNanosecondsNow() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
