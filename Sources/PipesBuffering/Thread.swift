@@ -66,3 +66,26 @@ public final class OnDemandWorker: @unchecked Sendable {
         }
     }
 }
+
+/// A thread that can be waited for with a deadline: each source runs on one, and unmount waits for them all so
+/// that nothing answers a FUSE request once the session is gone.
+public final class JoinableThread: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var running = false
+
+    public init() {}
+
+    /// Starts `body` on a new thread.
+    public func start(name: String, _ body: @escaping @Sendable () -> Void) {
+        lock.withLock { running = true }
+        startThread(name: name) { [self] in
+            body()
+            lock.withLock { running = false; lock.broadcast() }
+        }
+    }
+
+    /// Waits until the thread's body returned (true), or `timeoutNanoseconds` passed (false).
+    public func join(timeoutNanoseconds: Int64) -> Bool {
+        lock.withLock { lock.wait(until: { !running }, timeoutNanoseconds: timeoutNanoseconds) }
+    }
+}

@@ -320,8 +320,8 @@ public final class Tree: @unchecked Sendable {
                                               FSError(EMFILE, "uid \(caller.uid) holds \(held) open taps (limit \(maxTapsPerUser))"))
                     }
                     tapsByUser[caller.uid] = held + 1
-                    let policy: OverflowPolicy = space.isFedByLiveSource(n) ? .drop : .block
-                    let tr = TapRing(capacity: tapCapacity, policy: policy)
+                    // Lossless until `refresh` below gives it the policy of its stream (lossy below a live source).
+                    let tr = TapRing(capacity: tapCapacity, policy: .block)
                     var format = TapFormat.raw
                     if k == .pcap {
                         let lt = space.streamLinkType(n) ?? .ethernet

@@ -288,8 +288,8 @@ public final class Space: @unchecked Sendable {
         retryWorker.request { [self] in retryPendingWrites() }
     }
 
-    /// Delivers parked writes, oldest first per node, as far as their readers allow. Runs on the thread that
-    /// drained a ring (a reader), without locks held.
+    /// Delivers parked writes, oldest first per node, as far as their readers allow. Runs on the retry worker's
+    /// thread, without locks held.
     func retryPendingWrites() {
         let batch = Batch()
         var done: [(PendingWrite, Int32)] = []

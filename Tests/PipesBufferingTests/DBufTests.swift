@@ -259,6 +259,17 @@ struct DBufModerationTests {
         #expect(eventually(within: 5) { seenAfter.value != nil })
         #expect((seenAfter.value ?? .max) < 1_000_000_000, "seen within about the 20 ms timeout")
     }
+
+    @Test("an idle reader's wait lasts the ring's own timeout", arguments: [20_000_000, 300_000_000] as [UInt64])
+    func waitUsesTheRingsTimeout(timeout: UInt64) throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block, timeoutNanoseconds: timeout)
+        let r = try #require(ring.attach())
+        let t0 = monotonicNanoseconds()
+        r.wait()
+        let slept = UInt64(monotonicNanoseconds() - t0)
+        #expect(slept >= timeout * 3 / 4, "slept \(slept) ns of a \(timeout) ns timeout")
+        #expect(slept < timeout + 500_000_000)
+    }
 }
 
 @Suite("DBuf drop rings under load")

@@ -19,7 +19,7 @@ public final class GeneratorSource: SourceFilter, @unchecked Sendable {
     private var paused: Bool
     private var demand = false
     private var stopping = false
-    private var threadRunning = false
+    private let thread = JoinableThread()
     private var _finished = false
     private var produced: UInt64 = 0
     private let block: UnsafeMutableRawPointer
@@ -54,8 +54,7 @@ public final class GeneratorSource: SourceFilter, @unchecked Sendable {
     public func attach(space: Space, node: Node) throws(FilterError) {
         self.space = space
         self.node = node
-        state.withLock { threadRunning = true }
-        startThread(name: "gen-\(node.name)") { [self] in run() }
+        thread.start(name: "gen-\(node.name)") { [self] in run() }
     }
 
     public func setDemand(_ d: Bool) { state.withLock { demand = d; state.broadcast() } }
@@ -83,7 +82,7 @@ public final class GeneratorSource: SourceFilter, @unchecked Sendable {
     public func shutdown() { state.withLock { stopping = true; state.broadcast() } }
 
     public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool {
-        state.withLock { state.wait(until: { !threadRunning }, timeoutNanoseconds: timeoutNanoseconds) }
+        thread.join(timeoutNanoseconds: timeoutNanoseconds)
     }
 
     private func run() {
@@ -132,7 +131,6 @@ public final class GeneratorSource: SourceFilter, @unchecked Sendable {
         }
         space = nil
         node = nil
-        state.withLock { threadRunning = false; state.broadcast() }
     }
 
     public static let descriptor = FilterDescriptor(

@@ -18,7 +18,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     private var demand = false
     private var running = false
     private var stopping = false
-    private var threadRunning = false
+    private let thread = JoinableThread()
     private var received: UInt64 = 0
     private var kernelDrops: UInt32 = 0
     private var lastError: String?
@@ -66,8 +66,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     public func attach(space: Space, node: Node) throws(FilterError) {
         self.space = space
         self.node = node
-        state.withLock { threadRunning = true }
-        startThread(name: "rx-\(interface)") { [self] in run() }
+        thread.start(name: "rx-\(interface)") { [self] in run() }
     }
 
     public func setDemand(_ d: Bool) {
@@ -77,7 +76,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     public func shutdown() { state.withLock { stopping = true; state.broadcast() } }
 
     public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool {
-        state.withLock { state.wait(until: { !threadRunning }, timeoutNanoseconds: timeoutNanoseconds) }
+        thread.join(timeoutNanoseconds: timeoutNanoseconds)
     }
 
     public func statistics() -> [(String, String)] {
@@ -123,8 +122,7 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
             if stop {
                 space = nil  // see `space`: breaks the node → filter → node cycle
                 node = nil
-                state.withLock { threadRunning = false; state.broadcast() }
-                return
+                        return
             }
             guard let space, let node, let h = openHandle() else {
                 // Could not open: wait for demand to go away and come back (or a retry every 5 s).

@@ -24,7 +24,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     private var rewindPacing = false
     private var _finished = false
     private var stopping = false
-    private var threadRunning = false
+    private let thread = JoinableThread()
     private var packetsRead: UInt64 = 0
     private var loops: UInt64 = 0
     private var lastError: String?
@@ -95,8 +95,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     public func attach(space: Space, node: Node) throws(FilterError) {
         self.space = space
         self.node = node
-        state.withLock { threadRunning = true }
-        startThread(name: "src-\(node.name)") { [self] in run() }
+        thread.start(name: "src-\(node.name)") { [self] in run() }
     }
 
     public func setDemand(_ d: Bool) {
@@ -147,7 +146,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     }
 
     public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool {
-        state.withLock { state.wait(until: { !threadRunning }, timeoutNanoseconds: timeoutNanoseconds) }
+        thread.join(timeoutNanoseconds: timeoutNanoseconds)
     }
 
     // MARK: the source thread
@@ -243,7 +242,6 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         dispatcher = nil
         space = nil
         node = nil
-        state.withLock { threadRunning = false; state.broadcast() }
     }
 
     private func reopenFile() {
