@@ -20,6 +20,7 @@ let package = Package(
         // C shims: module maps and tiny headers, no logic.
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CPcap", pkgConfig: "libpcap", providers: [.apt(["libpcap-dev"])]),
+        .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
         // §5 the ring ABI: one C header for the runtime, the client library and the kernel module.
         .target(name: "PipesRingABI"),
         // The baselines `pipesfs bench ipc` measures against (a minimal SPSC ring, pipe loops), in C.
@@ -29,7 +30,7 @@ let package = Package(
         // §6 processing: blocks, the filter protocol, graph, execution by function calls.
         .target(name: "PipesRuntime", dependencies: ["PipesBuffering"], swiftSettings: hotPath),
         // §6.1 the filter library, one file per filter.
-        .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "CPcap"], swiftSettings: hotPath),
+        .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "CPcap", "CURing"], swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.
         .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters", "PipesBuffering"]),
         // §4.1 the graph as a node tree (no FUSE types; unit-testable without a mount).

@@ -153,10 +153,11 @@ public final class DBuf: @unchecked Sendable {
     /// overwrites the oldest records. Returns false for a payload longer than `maxRecordLength` too.
     @discardableResult
     public func write(_ payload: UnsafeRawBufferPointer, classValue: UInt32 = 1, wireLength: Int? = nil,
-                      linkType: UInt16 = 0, wait: Bool = true) -> Bool {
+                      linkType: UInt16 = 0, timestampNanoseconds: Int64 = 0, wait: Bool = true) -> Bool {
         guard let p = reserve(payload.count, wait: wait) else { return false }
         if let b = payload.baseAddress, payload.count > 0 { p.copyMemory(from: b, byteCount: payload.count) }
-        commit(payload.count, classValue: classValue, wireLength: wireLength ?? payload.count, linkType: linkType)
+        commit(payload.count, classValue: classValue, wireLength: wireLength ?? payload.count, linkType: linkType,
+               timestampNanoseconds: timestampNanoseconds)
         return true
     }
 
@@ -200,7 +201,8 @@ public final class DBuf: @unchecked Sendable {
     }
 
     /// Publishes the record reserved last.
-    public func commit(_ length: Int, classValue: UInt32 = 1, wireLength: Int, linkType: UInt16 = 0) {
+    public func commit(_ length: Int, classValue: UInt32 = 1, wireLength: Int, linkType: UInt16 = 0,
+                       timestampNanoseconds: Int64 = 0) {
         let r = pipes_rec_at(data, mask, head)!
         r.pointee.length = UInt32(length)
         r.pointee.class_value = classValue
@@ -208,6 +210,7 @@ public final class DBuf: @unchecked Sendable {
         r.pointee.wire_length = UInt32(clamping: wireLength)
         r.pointee.link_type = linkType
         r.pointee.flags = 0
+        r.pointee.timestamp_ns = timestampNanoseconds
         head &+= pipes_rec_span(UInt32(length))
         records &+= 1
         pipes_store_relaxed64(f.records, records)
@@ -364,6 +367,8 @@ public final class DBufReader: @unchecked Sendable {
         public let sequence: UInt64
         public let wireLength: Int
         public let linkType: UInt16
+        /// Capture time in nanoseconds since the Unix epoch (0: none).
+        public let timestampNanoseconds: Int64
         let position: UInt64
         let span: UInt64
     }
@@ -393,6 +398,7 @@ public final class DBufReader: @unchecked Sendable {
                 bytes: UnsafeRawBufferPointer(start: UnsafeRawPointer(rec) + MemoryLayout<pipes_rec>.size, count: Int(len)),
                 classValue: rec.pointee.class_value, sequence: rec.pointee.sequence,
                 wireLength: Int(rec.pointee.wire_length), linkType: rec.pointee.link_type,
+                timestampNanoseconds: rec.pointee.timestamp_ns,
                 position: tail, span: pipes_rec_span(len))
             if r.policy == .drop {
                 // The header may have been overwritten while we read it: validate, else resync and retry.
@@ -452,7 +458,6 @@ public final class DBufReader: @unchecked Sendable {
     /// ring's moderation timeout, which bounds how late an unsignalled record is seen).
     public func wait(timeoutNanoseconds: UInt64? = nil) {
         let timeoutNanoseconds = timeoutNanoseconds ?? ring.timeoutNanoseconds
-        let h = ring.header
         let headPtr = ring.f.head
         for _ in 0..<DBuf.spins {
             if pipes_load_acquire64(headPtr) != tail { return }
@@ -479,7 +484,6 @@ public final class DBufReader: @unchecked Sendable {
     @inline(__always)
     private func wakeProducer() {
         if pipes_load_acquire32(roomFlag) == 0 { return }
-        let h = ring.header
         _ = pipes_fetch_add32(ring.f.roomSeq, 1)
         _ = pipes_futex_wake(ring.f.roomSeq, 1)
     }

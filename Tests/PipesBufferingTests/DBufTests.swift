@@ -293,7 +293,7 @@ struct DBufDropLoadTests {
                     b.storeBytes(of: UInt64(i), as: UInt64.self)
                     for k in 8..<n { b[k] = UInt8(truncatingIfNeeded: i) }
                 }
-                buf.withUnsafeBytes { ring.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                _ = buf.withUnsafeBytes { ring.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             }
             ring.close()
         }

@@ -111,7 +111,7 @@ struct pipes_ring_header {
     struct pipes_ring_reader readers[PIPES_RING_MAX_READERS];     /* offset 256 up to the end of the header */
 };
 
-/* A record header in the data area. 24 bytes; payload follows. */
+/* A record header in the data area. 32 bytes; payload follows. */
 struct pipes_rec {
     uint32_t length;           /* payload bytes, or PIPES_REC_PAD */
     uint32_t class_value;      /* the class the producing filter gave the block (paper §6.1) */
@@ -119,6 +119,7 @@ struct pipes_rec {
     uint32_t wire_length;      /* packets: length on the wire (>= length) */
     uint16_t link_type;        /* LINKTYPE_* of the payload */
     uint16_t flags;
+    int64_t timestamp_ns;      /* capture time (ns since the Unix epoch), 0 when the block has none */
 };
 
 /* A rich pointer (paper §5.3.1): an IBuf element. 32 bytes. */
@@ -159,7 +160,7 @@ _Static_assert(sizeof(struct pipes_ring_producer) == 128, "producer is two cache
 _Static_assert(sizeof(struct pipes_ring_reader) == 64, "a reader slot is one cache line");
 _Static_assert(sizeof(struct pipes_ring_consumers) == 64, "consumers' shared line");
 _Static_assert(sizeof(struct pipes_ring_header) <= PIPES_RING_HEADER_SIZE, "header fits its pages");
-_Static_assert(sizeof(struct pipes_rec) == 24, "record header");
+_Static_assert(sizeof(struct pipes_rec) == 32, "record header");
 _Static_assert(sizeof(struct pipes_index) == 32, "rich pointer");
 
 #endif
