@@ -198,8 +198,22 @@ public final class Controller: @unchecked Sendable {
         let node = Node(id: space.allocateID(), name: name, descriptor: d, filter: filter, selector: selector,
                         isClassSelection: isClass, uid: uid, gid: gid)
         space.attach(node, under: parent)
+        do { try bindProducer(filter, to: node, op: op) } catch {
+            space.remove(node)
+            space.refresh()
+            throw error
+        }
         space.refresh()
         return node
+    }
+
+    /// A filter below a parent that produces its output from a thread of its own (`exec`: a process's stdout) is
+    /// bound to its node once placed there. Lock held.
+    private func bindProducer(_ filter: any Filter, to node: Node, op: String) throws(ControlError) {
+        guard let s = filter as? any SourceFilter else { return }
+        do { try s.attach(space: space, node: node) } catch {
+            throw fail(op, ControlError(error.errno, prefixed(node.descriptor.name, error.message)))
+        }
     }
 
     /// `rmdir PARENT/NAME`.
@@ -318,6 +332,12 @@ public final class Controller: @unchecked Sendable {
             space.move(n, under: oldParent, name: oldName, selector: oldSelector)  // undo
             throw fail(op, ControlError(error.errno, prefixed(n.descriptor.name, error.message)))
         }
+        if let f = fresh {
+            do { try bindProducer(f, to: n, op: op) } catch {
+                space.move(n, under: oldParent, name: oldName, selector: oldSelector)  // undo
+                throw error
+            }
+        }
         let old = fresh.map { n.replaceFilter($0) }
         space.refresh()
         return old
@@ -405,6 +425,7 @@ public final class Controller: @unchecked Sendable {
                 } catch {
                     throw fail(op, ControlError(EINVAL, prefixed(d.name, error.message)))
                 }
+                try bindProducer(fresh, to: node, op: op)
                 old = node.replaceFilter(fresh)
                 space.refresh()
             }

@@ -14,7 +14,10 @@ public enum FilterLibrary {
         "gen": GeneratorSource.descriptor,
     ]
 
-    public static let byName: [String: FilterDescriptor] = Dictionary(uniqueKeysWithValues: filters.map { ($0.name, $0) })
+    /// Filters that run a Unix process (§4.1); apart from `filters`, which the packet corpus runs every packet through.
+    public static let processes: [FilterDescriptor] = [Exec.descriptor]
+
+    public static let byName: [String: FilterDescriptor] = Dictionary(uniqueKeysWithValues: (filters + processes).map { ($0.name, $0) })
 
     public static let junction = Junction.descriptor
 }
