@@ -14,13 +14,126 @@ public struct RingError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
+/// How a ring adapts its size at run time to the distance between producer and readers (paper §5.4,
+/// self-scaling ring buffers): it grows under pressure and shrinks after staying under a quarter full.
+public struct RingScaling: Sendable, Equatable {
+    public enum Method: Sendable, Equatable {
+        /// A fixed size (the cut may still be moved by hand with `setCut`).
+        case none
+        /// One region of the maximum size; the producer uses only the first `cutCapacity` bytes of each lap.
+        case deckCut
+        /// The ring moves to a new region of the new size; readers follow it.
+        case reallocate
+    }
+
+    public var method: Method
+    /// The ring never shrinks below `1 << minLog2` bytes.
+    public var minLog2: Int
+    /// The ring never grows beyond `1 << maxLog2` bytes (deck-cut: never beyond the mapped size either).
+    public var maxLog2: Int
+    /// Decision moments (laps, when the producer wraps) the ring must stay under a quarter full before it
+    /// halves.
+    public var quietLaps: Int
+
+    public init(method: Method, minLog2: Int = 12, maxLog2: Int = 26, quietLaps: Int = 4) {
+        self.method = method
+        self.minLog2 = minLog2
+        self.maxLog2 = maxLog2
+        self.quietLaps = max(1, quietLaps)
+    }
+
+    public static let none = RingScaling(method: .none)
+    /// Deck-cut between 4 KiB and the mapped size. Its watermarks are closer (two quiet laps) than
+    /// reallocation's: moving the cut costs nothing (paper §5.4).
+    public static let deckCut = RingScaling(method: .deckCut, maxLog2: 34, quietLaps: 2)
+    /// Reallocation between 4 KiB and 64 MiB.
+    public static let reallocate = RingScaling(method: .reallocate)
+}
+
+/// One memory region holding a ring: a memfd mapped here, header and data area. A ring that reallocates moves
+/// to a `successor` region; readers still reading this one keep it alive (paper §5.4: "as long as consumers
+/// are accessing the old region, both regions must be kept in memory").
+final class RingRegion: @unchecked Sendable {
+    let fd: Int32
+    let ownsFD: Bool
+    let base: UnsafeMutableRawPointer
+    let mappedSize: Int
+    let header: UnsafeMutablePointer<pipes_ring_header>
+    let data: UnsafeMutableRawPointer
+    let capacity: Int
+    let sizeLog2: Int
+    let mask: UInt64
+    let f: RingFields
+    /// The region the ring moved to. Written under the ring's lock, before `producer.moved` is set.
+    var successor: RingRegion?
+
+    private init(fd: Int32, ownsFD: Bool, base: UnsafeMutableRawPointer, sizeLog2: Int) {
+        self.fd = fd
+        self.ownsFD = ownsFD
+        self.base = base
+        self.sizeLog2 = sizeLog2
+        capacity = 1 << sizeLog2
+        mappedSize = Int(PIPES_RING_HEADER_SIZE) + capacity
+        header = base.assumingMemoryBound(to: pipes_ring_header.self)
+        data = base + Int(PIPES_RING_HEADER_SIZE)
+        mask = UInt64(capacity - 1)
+        f = RingFields(base)
+    }
+
+    deinit {
+        munmap(base, mappedSize)
+        if ownsFD { Glibc.close(fd) }
+    }
+
+    /// A new zero-filled region in a new memfd (every reader slot free, every index 0).
+    static func create(sizeLog2: Int) throws(RingError) -> RingRegion {
+        let size = Int(PIPES_RING_HEADER_SIZE) + (1 << sizeLog2)
+        let fd = pipes_ring_memfd("pipes-dbuf", UInt64(size))
+        if fd < 0 { throw RingError(-fd, "memfd_create: \(String(cString: strerror(-fd)))") }
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            let e = errno
+            Glibc.close(fd)
+            throw RingError(e, "mmap of a \(size)-byte ring: \(String(cString: strerror(e)))")
+        }
+        return RingRegion(fd: fd, ownsFD: true, base: p, sizeLog2: sizeLog2)
+    }
+
+    /// Maps a region another process created; checks that it is a ring of this version. `fd` stays the caller's.
+    static func map(fd: Int32) throws(RingError) -> RingRegion {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw RingError(errno, "fstat: \(String(cString: strerror(errno)))") }
+        let size = Int(st.st_size)
+        guard size > Int(PIPES_RING_HEADER_SIZE) else { throw RingError(EINVAL, "not a ring: \(size) bytes") }
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw RingError(errno, "mmap: \(String(cString: strerror(errno)))")
+        }
+        let h = p.assumingMemoryBound(to: pipes_ring_header.self)
+        let magic = pipes_load_acquire64(RingFields(p).magic)
+        let sizeLog2 = Int(h.pointee.info.size_log2)
+        let cutLog2 = Int(pipes_load_acquire32(RingFields(p).cutLog2))
+        guard magic == PIPES_RING_MAGIC, h.pointee.info.version == PIPES_RING_VERSION,
+              (12...34).contains(sizeLog2), Int(PIPES_RING_HEADER_SIZE) + (1 << sizeLog2) == size,
+              (12...sizeLog2).contains(cutLog2), DBuf.Policy(rawValue: h.pointee.info.policy) != nil
+        else {
+            munmap(p, size)
+            throw RingError(EINVAL, "not a PipesFS ring of version \(PIPES_RING_VERSION)")
+        }
+        return RingRegion(fd: fd, ownsFD: false, base: p, sizeLog2: sizeLog2)
+    }
+}
+
 /// A Beltway data ring (DBuf, paper §5.2) in shared memory: one producer, up to `maxReaders` readers, each
 /// with a private position (the paper's multiway pipe, §5.1). The layout is `pipes_ring.h`, so a reader may be
 /// another process (the client library) mapping the same memfd, and later the kernel module.
 ///
-/// The producer side (`write`, `flush`, `close`) must be used by one thread at a time; each `DBufReader` by
-/// one thread at a time. Nothing else is locked: indices are published with release stores and read with
-/// acquire loads.
+/// The ring may scale at run time (§5.4), by deck-cut (`setCut`, within one region sized for the maximum) or by
+/// reallocation (`reallocate`, to a new region that readers follow), by hand or automatically (`scaling`).
+///
+/// The producer side (`write`, `reserve`/`commit`, `flush`, `close`, `setCut`, `reallocate`, the counters) must
+/// be used by one thread at a time; each `DBufReader` by one thread at a time; `attach` from any thread. Nothing
+/// on the data path is locked: indices are published with release stores and read with acquire loads. The
+/// region (`fd`, `capacity`, `data`, `mask`, `f`) changes only in `reallocate`, on the producer's thread and
+/// under `lock`; other threads that read them while the ring may reallocate take `lock`.
 public final class DBuf: @unchecked Sendable {
     public enum Policy: UInt32, Sendable {
         /// IPC: the producer waits for the slowest reader; nothing is lost.
@@ -29,21 +142,26 @@ public final class DBuf: @unchecked Sendable {
         case drop = 1
     }
 
-    /// The memfd behind the ring (pass it to another process to share the ring).
-    public let fd: Int32
-    public let capacity: Int
+    /// The memfd behind the ring (pass it to another process to share the ring). Changes when it reallocates.
+    public private(set) var fd: Int32
+    /// The data area of the region: the mapped size (deck-cut: the maximum; `cutCapacity` is what is in use).
+    public private(set) var capacity: Int
     public let policy: Policy
-    let mask: UInt64
-    let mappedSize: Int
-    let base: UnsafeMutableRawPointer
-    let header: UnsafeMutablePointer<pipes_ring_header>
-    let data: UnsafeMutableRawPointer
-    let ownsFD: Bool
-    /// Pointers to the shared fields, resolved once.
-    let f: RingFields
+    private(set) var mask: UInt64
+    private(set) var header: UnsafeMutablePointer<pipes_ring_header>
+    private(set) var data: UnsafeMutableRawPointer
+    /// Pointers to the shared fields, resolved once per region.
+    private(set) var f: RingFields
+    /// The region the producer writes. Swapped only by `reallocate`, under `lock`.
+    private(set) var region: RingRegion
+    /// Guards `region` and the regions' `successor` links against `attach`, `DBufReader.detach` and readers
+    /// following the ring (all rare).
+    let lock = ConditionLock()
     let maxReaders: Int
     /// The moderation timeout readers sleep at most (from the ring's `info`).
     public let timeoutNanoseconds: UInt64
+    /// How the ring scales by itself (§5.4).
+    public let scaling: RingScaling
 
     // Producer-private state (the shared copies are in `header.pointee.producer`).
     private var head: UInt64 = 0
@@ -55,86 +173,100 @@ public final class DBuf: @unchecked Sendable {
     private var sinceWake: UInt32 = 0
     private var lastWakeHead: UInt64 = 0
     private let threshold: UInt32
+    /// Deck-cut: bytes of each lap the producer writes (`capacity` when the ring is not cut).
+    private var cut: UInt64
+    private var cutLog2: Int
+    /// The largest payload for the cut, and a quarter of it (the moderation wake-up distance).
+    private var recordLimit: Int
+    private var quarter: UInt64
+    /// Laps in a row the ring stayed under a quarter full (automatic shrinking).
+    private var quietLaps = 0
+    /// Deck-cut memory above `from` (an offset in the data area) to give back once every reader is at `until`.
+    private var pendingRelease: (from: UInt64, until: UInt64)?
 
-    /// The largest payload one record may carry: a record and a pad record must fit in the ring together.
-    public var maxRecordLength: Int { capacity / 2 - MemoryLayout<pipes_rec>.size - Int(PIPES_REC_ALIGN) }
+    /// Times the ring grew and shrank (by itself or by hand), for statistics and tests.
+    public private(set) var grows = 0
+    public private(set) var shrinks = 0
 
-    /// Creates a ring of `1 << sizeLog2` bytes in a new memfd (the producer side). Moderation (§6.2): sleeping
-    /// readers are woken every `threshold` records, and a record published without a wake-up is seen at most
+    /// The largest payload one record may carry now: a record and a pad record must fit below the cut together.
+    /// (A scaling ring grows, up to its maximum, for a longer record.)
+    public var maxRecordLength: Int { recordLimit }
+
+    /// Bytes of each lap in use now (deck-cut), else the ring's size.
+    public var cutCapacity: Int { Int(cut) }
+
+    /// The size in use as a power of two: the cut (deck-cut) or the region's size.
+    public var sizeLog2: Int { cutLog2 }
+
+    /// Creates a ring in a new memfd (the producer side): `1 << sizeLog2` bytes of data area, of which the
+    /// producer uses the first `1 << cutLog2` (deck-cut, default all). Moderation (§6.2): sleeping readers are
+    /// woken every `threshold` records, and a record published without a wake-up is seen at most
     /// `timeoutNanoseconds` later (readers sleep no longer than that).
+    ///
+    /// `scaling` (§5.4): `.deckCut` moves the cut between `minLog2` and `sizeLog2` (the region is sized for the
+    /// maximum, untouched pages take no memory); `.reallocate` starts at `sizeLog2` and moves between `minLog2`
+    /// and `maxLog2`.
     public init(sizeLog2: Int, policy: Policy, maxReaders: Int = 16, threshold: Int = 32,
-                timeoutNanoseconds: UInt64 = 1_000_000, ringID: UInt64 = 0) throws(RingError) {
+                timeoutNanoseconds: UInt64 = 1_000_000, ringID: UInt64 = 0, cutLog2: Int? = nil,
+                scaling: RingScaling = .none) throws(RingError) {
         guard (12...34).contains(sizeLog2) else { throw RingError(EINVAL, "ring size 2^\(sizeLog2): want 2^12 to 2^34 bytes") }
         guard (1...Int(PIPES_RING_MAX_READERS)).contains(maxReaders) else {
             throw RingError(EINVAL, "maxReaders \(maxReaders): want 1 to \(PIPES_RING_MAX_READERS)")
         }
-        let size = Int(PIPES_RING_HEADER_SIZE) + (1 << sizeLog2)
-        let fd = pipes_ring_memfd("pipes-dbuf", UInt64(size))
-        if fd < 0 { throw RingError(-fd, "memfd_create: \(String(cString: strerror(-fd)))") }
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            let e = errno
-            Glibc.close(fd)
-            throw RingError(e, "mmap of a \(size)-byte ring: \(String(cString: strerror(e)))")
+        let cutLog2 = cutLog2 ?? sizeLog2
+        guard (12...sizeLog2).contains(cutLog2) else { throw RingError(EINVAL, "cut 2^\(cutLog2): want 2^12 to the ring's size") }
+        var scaling = scaling
+        switch scaling.method {
+        case .none: break
+        case .deckCut:
+            scaling.maxLog2 = sizeLog2
+            guard (12...sizeLog2).contains(scaling.minLog2) else { throw RingError(EINVAL, "scaling minimum 2^\(scaling.minLog2): want 2^12 to the ring's size") }
+        case .reallocate:
+            guard cutLog2 == sizeLog2, 12 <= scaling.minLog2, scaling.minLog2 <= sizeLog2, sizeLog2 <= scaling.maxLog2, scaling.maxLog2 <= 34 else {
+                throw RingError(EINVAL, "reallocation between 2^\(scaling.minLog2) and 2^\(scaling.maxLog2) bytes starting at 2^\(sizeLog2), uncut")
+            }
         }
-        self.fd = fd
-        ownsFD = true
-        mappedSize = size
-        base = p
-        header = p.assumingMemoryBound(to: pipes_ring_header.self)
-        f = RingFields(p)
+        let r = try RingRegion.create(sizeLog2: sizeLog2)
+        region = r
+        fd = r.fd
+        capacity = r.capacity
+        mask = r.mask
+        header = r.header
+        data = r.data
+        f = r.f
         self.maxReaders = maxReaders
         self.timeoutNanoseconds = max(1000, timeoutNanoseconds)
-        data = p + Int(PIPES_RING_HEADER_SIZE)
-        capacity = 1 << sizeLog2
-        mask = UInt64(capacity - 1)
         self.policy = policy
         self.threshold = UInt32(max(1, threshold))
-        // A fresh memfd is zero-filled: every reader slot is free and every index 0.
-        header.pointee.info.version = PIPES_RING_VERSION
-        header.pointee.info.header_size = PIPES_RING_HEADER_SIZE
-        header.pointee.info.size_log2 = UInt32(sizeLog2)
-        header.pointee.info.policy = policy.rawValue
-        header.pointee.info.max_readers = UInt32(maxReaders)
-        header.pointee.info.threshold = UInt32(max(1, threshold))
-        header.pointee.info.timeout_ns = max(1000, timeoutNanoseconds)
-        header.pointee.info.ring_id = ringID
-        header.pointee.producer.size_log2 = UInt32(sizeLog2)
-        // The magic last, with release order: a reader that sees it sees the rest.
-        pipes_store_release64(f.magic, PIPES_RING_MAGIC)
+        self.scaling = scaling
+        self.cutLog2 = cutLog2
+        cut = UInt64(1) << cutLog2
+        recordLimit = DBuf.recordLimit(cut)
+        quarter = cut / 4
+        DBuf.initHeader(r, sizeLog2: sizeLog2, cutLog2: cutLog2, policy: policy, maxReaders: maxReaders,
+                        threshold: UInt32(max(1, threshold)), timeout: max(1000, timeoutNanoseconds), ringID: ringID)
     }
 
     /// Maps a ring another process created (the reader side). `fd` stays the caller's.
     public init(mapping fd: Int32) throws(RingError) {
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw RingError(errno, "fstat: \(String(cString: strerror(errno)))") }
-        let size = Int(st.st_size)
-        guard size > Int(PIPES_RING_HEADER_SIZE) else { throw RingError(EINVAL, "not a ring: \(size) bytes") }
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            throw RingError(errno, "mmap: \(String(cString: strerror(errno)))")
-        }
-        let h = p.assumingMemoryBound(to: pipes_ring_header.self)
-        let magic = pipes_load_acquire64(RingFields(p).magic)
-        let sizeLog2 = Int(h.pointee.info.size_log2)
-        guard magic == PIPES_RING_MAGIC, h.pointee.info.version == PIPES_RING_VERSION,
-              (12...34).contains(sizeLog2), Int(PIPES_RING_HEADER_SIZE) + (1 << sizeLog2) == size,
-              let pol = Policy(rawValue: h.pointee.info.policy)
-        else {
-            munmap(p, size)
-            throw RingError(EINVAL, "not a PipesFS ring of version \(PIPES_RING_VERSION)")
-        }
+        let r = try RingRegion.map(fd: fd)
+        region = r
         self.fd = fd
-        ownsFD = false
-        mappedSize = size
-        base = p
-        header = h
-        f = RingFields(p)
+        capacity = r.capacity
+        mask = r.mask
+        header = r.header
+        data = r.data
+        f = r.f
+        let h = r.header
         maxReaders = min(Int(h.pointee.info.max_readers), Int(PIPES_RING_MAX_READERS))
         timeoutNanoseconds = max(1000, h.pointee.info.timeout_ns)
-        data = p + Int(PIPES_RING_HEADER_SIZE)
-        capacity = 1 << sizeLog2
-        mask = UInt64(capacity - 1)
-        policy = pol
+        policy = Policy(rawValue: h.pointee.info.policy)!
         threshold = max(1, h.pointee.info.threshold)
+        scaling = .none
+        cutLog2 = Int(pipes_load_acquire32(r.f.cutLog2))
+        cut = UInt64(1) << cutLog2
+        recordLimit = DBuf.recordLimit(cut)
+        quarter = cut / 4
         // A mapping may also take over producing (another process): continue from the published indices.
         head = pipes_load_acquire64(f.head)
         records = pipes_load_acquire64(f.records)
@@ -142,9 +274,22 @@ public final class DBuf: @unchecked Sendable {
         cachedMinTail = minTail()
     }
 
-    deinit {
-        munmap(base, mappedSize)
-        if ownsFD { Glibc.close(fd) }
+    private static func recordLimit(_ cut: UInt64) -> Int { Int(cut) / 2 - MemoryLayout<pipes_rec>.size - Int(PIPES_REC_ALIGN) }
+
+    /// Fills in a new region's header; the magic last, with release order (a reader that sees it sees the rest).
+    private static func initHeader(_ r: RingRegion, sizeLog2: Int, cutLog2: Int, policy: Policy, maxReaders: Int,
+                                   threshold: UInt32, timeout: UInt64, ringID: UInt64) {
+        let h = r.header
+        h.pointee.info.version = PIPES_RING_VERSION
+        h.pointee.info.header_size = PIPES_RING_HEADER_SIZE
+        h.pointee.info.size_log2 = UInt32(sizeLog2)
+        h.pointee.info.policy = policy.rawValue
+        h.pointee.info.max_readers = UInt32(maxReaders)
+        h.pointee.info.threshold = threshold
+        h.pointee.info.timeout_ns = timeout
+        h.pointee.info.ring_id = ringID
+        pipes_store_release32(r.f.cutLog2, UInt32(cutLog2))
+        pipes_store_release64(r.f.magic, PIPES_RING_MAGIC)
     }
 
     // MARK: producer
@@ -164,27 +309,44 @@ public final class DBuf: @unchecked Sendable {
     /// Reserves room for a record of `length` payload bytes and returns where to write the payload (zero-copy
     /// production); publish it with `commit`. Nil when it does not fit (`.block` without `wait`) or is too long.
     public func reserve(_ length: Int, wait: Bool = true) -> UnsafeMutableRawPointer? {
-        if length > maxRecordLength || length < 0 { return nil }
+        if length > recordLimit || length < 0 {
+            if length < 0 || !growToFit(length) { return nil }
+        }
         let span = pipes_rec_span(UInt32(length))
-        let offset = head & mask
-        let pad = offset + span > UInt64(capacity) ? UInt64(capacity) - offset : 0
-        let need = pad + span
+        var offset = head & mask
+        // A record never crosses the cut: pad to the next lap of the region (deck-cut leaves the rest unused).
+        var pad = offset &+ span > cut ? UInt64(capacity) &- offset : 0
+        if pad != 0 && (scaling.method != .none || pendingRelease != nil) {
+            atWrap(span)  // a decision moment (§5.4): may move the cut or the region
+            offset = head & mask
+            pad = offset &+ span > cut ? UInt64(capacity) &- offset : 0
+        }
+        let need = pad &+ span
         switch policy {
         case .block:
             if head &+ need &- cachedMinTail > UInt64(capacity) {
                 cachedMinTail = minTail()
                 while head &+ need &- cachedMinTail > UInt64(capacity) {
+                    if growByReallocation() { return reserve(length, wait: wait) }  // grow instead of waiting
                     if !wait { return nil }
                     waitForRoom(need)
                     cachedMinTail = minTail()
                 }
             }
         case .drop:
+            if scaling.method == .reallocate && head &+ need &- cachedMinTail > UInt64(capacity)
+                && cutLog2 < scaling.maxLog2 {
+                // It would overwrite what a reader has not read: grow instead (up to the maximum).
+                cachedMinTail = minTail()
+                if head &+ need &- cachedMinTail > UInt64(capacity) && growByReallocation() {
+                    return reserve(length, wait: wait)
+                }
+            }
             // Move `oldest` past what this record will overwrite, and publish it before writing.
             var o = oldest
             while head &+ need &- o > UInt64(capacity) {
                 let r = pipes_rec_at(data, mask, o)!
-                o &+= r.pointee.length == PIPES_REC_PAD ? UInt64(capacity) - (o & mask) : pipes_rec_span(r.pointee.length)
+                o &+= r.pointee.length == PIPES_REC_PAD ? pipes_rec_pad_skip(r, mask, o) : pipes_rec_span(r.pointee.length)
             }
             if o != oldest {
                 oldest = o
@@ -193,8 +355,7 @@ public final class DBuf: @unchecked Sendable {
             }
         }
         if pad != 0 {
-            let r = pipes_rec_at(data, mask, head)!
-            r.pointee.length = PIPES_REC_PAD
+            pipes_rec_set_pad(pipes_rec_at(data, mask, head)!, pad)
             head &+= pad
         }
         return data + Int(head & mask) + MemoryLayout<pipes_rec>.size
@@ -218,7 +379,7 @@ public final class DBuf: @unchecked Sendable {
         sinceWake &+= 1
         // Moderation (§6.2): wake sleepers every `threshold` records, or every quarter ring of bytes so large
         // records do not fill the ring before anyone is woken.
-        if sinceWake >= threshold || head &- lastWakeHead >= UInt64(capacity / 4) { flush() }
+        if sinceWake >= threshold || head &- lastWakeHead >= quarter { flush() }
     }
 
     /// Wakes sleeping readers if records were published since the last wake-up (call at the end of a batch:
@@ -245,6 +406,26 @@ public final class DBuf: @unchecked Sendable {
     /// Records published so far.
     public var produced: UInt64 { records }
 
+    /// Bytes published that the slowest active reader has not read yet (on a `.drop` ring, of those still
+    /// kept), without the parts of deck-cut laps that pads skip. Any thread (it reads the shared indices).
+    public var unreadBytes: Int {
+        let h = pipes_load_acquire64(f.head)
+        var m = h
+        let floor = policy == .drop ? pipes_load_acquire64(f.oldest) : h
+        for i in 0..<maxReaders {
+            let s = f.slots + i
+            guard pipes_load_acquire32(RingFields.state(s)) == PIPES_READER_ACTIVE.rawValue else { continue }
+            var t = pipes_load_acquire64(RingFields.tail(s))
+            if policy == .drop && h &- t > h &- floor { t = floor }
+            if h &- t > h &- m { m = t }
+        }
+        let c = UInt64(1) << UInt64(pipes_load_acquire32(f.cutLog2))
+        let laps = (h >> UInt64(region.sizeLog2)) &- (m >> UInt64(region.sizeLog2))
+        let d = h &- m
+        let skipped = laps &* (UInt64(capacity) &- c)
+        return Int(laps == 0 ? d : max(d > skipped ? d &- skipped : 0, h & mask))
+    }
+
     private func minTail() -> UInt64 {
         var m = head
         for i in 0..<maxReaders {
@@ -254,6 +435,12 @@ public final class DBuf: @unchecked Sendable {
             if head &- t > head &- m { m = t }
         }
         return m
+    }
+
+    /// The smallest position a reader may still read: on a `.drop` ring a reader behind `oldest` resyncs to it.
+    private func neededFrom() -> UInt64 {
+        let t = minTail()
+        return policy == .drop && head &- t > head &- oldest ? oldest : t
     }
 
     /// Frees the slots of readers whose process has gone (killed while mapped): a blocking ring would
@@ -293,37 +480,256 @@ public final class DBuf: @unchecked Sendable {
         pipes_store_release32(flag, 0)
     }
 
+    // MARK: scaling (§5.4)
+
+    /// Moves the deck-cut: from the next record on, the producer writes only the first `1 << log2` bytes of
+    /// each lap (a producer past a lowered cut pads to the next lap). Memory above a lowered cut is given back
+    /// once no reader can need it (`releaseUnusedMemory`). Producer side.
+    public func setCut(log2 n: Int) throws(RingError) {
+        guard n >= 12 && n <= region.sizeLog2 else {
+            throw RingError(EINVAL, "cut 2^\(n): want 2^12 to the ring's size 2^\(region.sizeLog2)")
+        }
+        let c = UInt64(1) << UInt64(n)
+        if c > cut { grows += 1 } else if c < cut { shrinks += 1 }
+        applyCut(c)
+    }
+
+    private func applyCut(_ c: UInt64) {
+        if c == cut { return }
+        let capacity = UInt64(capacity)
+        if c < cut {
+            // What lies above the new cut was written before index `until`: the start of this lap, or of the
+            // next if the producer is already past the cut (its pad goes there too).
+            let offset = head & mask
+            let until = head &- offset &+ (offset >= c ? capacity : 0)
+            if let p = pendingRelease {
+                pendingRelease = (min(p.from, c), Int64(bitPattern: until &- p.until) > 0 ? until : p.until)
+            } else {
+                pendingRelease = (c, until)
+            }
+        } else if let p = pendingRelease {
+            pendingRelease = c >= capacity ? nil : (max(p.from, c), p.until)
+        }
+        cut = c
+        cutLog2 = c.trailingZeroBitCount
+        recordLimit = DBuf.recordLimit(c)
+        quarter = c / 4
+        quietLaps = 0
+        pipes_store_release32(f.cutLog2, UInt32(cutLog2))
+        if pendingRelease != nil { releaseUnusedMemory() }
+    }
+
+    /// Gives the memory above a lowered cut back to the system (fallocate PUNCH_HOLE) if every active reader
+    /// has passed the last record written there. Returns true if it did. The producer also calls it when it
+    /// wraps. Producer side.
+    @discardableResult
+    public func releaseUnusedMemory() -> Bool {
+        guard let p = pendingRelease else { return false }
+        let from = neededFrom()
+        guard Int64(bitPattern: from &- p.until) >= 0 else { return false }
+        pendingRelease = nil
+        return pipes_ring_release(fd, UInt64(PIPES_RING_HEADER_SIZE) + p.from, UInt64(capacity) - p.from) == 0
+    }
+
+    /// The producer is at the cut and about to wrap: a decision moment (§5.4). Grows the cut if the wrap would
+    /// overwrite what a reader has not read (and the record fits the current lap under a larger cut); halves
+    /// the size after `quietLaps` laps under a quarter full; gives back memory no reader needs any more.
+    private func atWrap(_ span: UInt64) {
+        if scaling.method != .none {
+            let t = neededFrom()
+            let offset = head & mask
+            let capacity = UInt64(capacity)
+            if head &+ (capacity &- offset) &+ span &- t > capacity {
+                quietLaps = 0
+                if scaling.method == .deckCut && offset &+ span <= capacity && cutLog2 < scaling.maxLog2 {
+                    var c = cut << 1
+                    while c < offset &+ span { c <<= 1 }
+                    applyCut(min(c, UInt64(1) << UInt64(scaling.maxLog2)))
+                    grows += 1
+                }
+                // Reallocation grows in the room check (.block) or before overwriting (.drop).
+            } else if head &- t <= quarter {
+                quietLaps += 1
+                if quietLaps >= scaling.quietLaps && cutLog2 > scaling.minLog2 {
+                    quietLaps = 0
+                    if scaling.method == .deckCut {
+                        applyCut(cut >> 1)
+                        shrinks += 1
+                    } else {
+                        // Only when what readers still need fits the half without straddling; else next lap.
+                        do {
+                            try reallocate(sizeLog2: cutLog2 - 1)
+                        } catch {}
+                    }
+                }
+            } else {
+                quietLaps = 0
+            }
+        }
+        if pendingRelease != nil { releaseUnusedMemory() }
+    }
+
+    /// A record of `length` bytes is too long for the size in use: grow until it fits, if the ring scales.
+    private func growToFit(_ length: Int) -> Bool {
+        if scaling.method == .none { return false }
+        var n = cutLog2
+        while n < scaling.maxLog2 && DBuf.recordLimit(UInt64(1) << UInt64(n)) < length { n += 1 }
+        guard DBuf.recordLimit(UInt64(1) << UInt64(n)) >= length else { return false }
+        if scaling.method == .deckCut {
+            applyCut(UInt64(1) << UInt64(n))
+            grows += 1
+            return true
+        }
+        do { try reallocate(sizeLog2: n) } catch { return false }
+        return true
+    }
+
+    /// Under pressure, a reallocating ring doubles (up to its maximum) instead of waiting or overwriting.
+    private func growByReallocation() -> Bool {
+        guard scaling.method == .reallocate && cutLog2 < scaling.maxLog2 else { return false }
+        do { try reallocate(sizeLog2: cutLog2 + 1) } catch { return false }
+        return true
+    }
+
+    /// Moves the ring to a new region (a new memfd) of `1 << sizeLog2` bytes while it is in use (reallocation,
+    /// §5.4). Byte indices are kept: the window readers still need is copied to the same indices, with the
+    /// reader slots, so tails stay valid; readers in this process follow by themselves once they have read
+    /// the old region to its end (`pipes_ring.h` says what a reader in another process does). Growing always
+    /// works; shrinking only when that window fits the new size without a record straddling its end (EAGAIN
+    /// otherwise: try again when readers have caught up). The ring is uncut afterwards. Producer side.
+    public func reallocate(sizeLog2 n: Int) throws(RingError) {
+        guard (12...34).contains(n) else { throw RingError(EINVAL, "ring size 2^\(n): want 2^12 to 2^34 bytes") }
+        guard pipes_load_acquire32(f.closed) == 0 else { throw RingError(EINVAL, "the ring is closed") }
+        if n == region.sizeLog2 && cut == UInt64(capacity) { return }
+        let newCapacity = UInt64(1) << UInt64(n)
+        let lo = neededFrom()
+        guard head &- lo <= newCapacity else {
+            throw RingError(EAGAIN, "\(head &- lo) bytes are still needed: more than 2^\(n)")
+        }
+        // The records in [lo, head): each must lie within one lap of the new size (always so when growing).
+        let newMask = newCapacity - 1
+        var runs: [(UInt64, UInt64)] = []
+        var runStart = lo
+        var i = lo
+        while i != head {
+            let r = pipes_rec_at(data, mask, i)!
+            let isPad = r.pointee.length == PIPES_REC_PAD
+            let step = isPad ? pipes_rec_pad_skip(r, mask, i) : pipes_rec_span(r.pointee.length)
+            let end = i &+ (isPad ? UInt64(PIPES_REC_ALIGN) : step)  // a pad is its first 8 bytes
+            if newCapacity < UInt64(capacity) && (i & ~newMask) != ((end &- 1) & ~newMask) {
+                throw RingError(EAGAIN, "a record straddles the end of a 2^\(n)-byte lap")
+            }
+            if isPad {
+                runs.append((runStart, end))
+                runStart = i &+ step
+            }
+            i &+= step
+        }
+        runs.append((runStart, head))
+        let next = try RingRegion.create(sizeLog2: n)
+        let old = region
+        DBuf.initHeader(next, sizeLog2: n, cutLog2: n, policy: policy, maxReaders: maxReaders,
+                        threshold: old.header.pointee.info.threshold, timeout: old.header.pointee.info.timeout_ns,
+                        ringID: old.header.pointee.info.ring_id)
+        for (a, b) in runs { DBuf.copy(from: old, to: next, a, b) }
+        if policy == .drop { oldest = lo }
+        pipes_store_relaxed64(next.f.records, records)
+        pipes_store_relaxed64(next.f.oldest, oldest)
+        pipes_store_relaxed64(next.f.wakeups, pipes_load_relaxed64(old.f.wakeups))
+        pipes_store_release64(next.f.head, head)
+        lock.withLock {
+            // Readers attach and detach under the lock: the slots copied here are exactly the active ones.
+            for s in 0..<maxReaders {
+                let from = old.f.slots + s, to = next.f.slots + s
+                guard pipes_load_acquire32(RingFields.state(from)) == PIPES_READER_ACTIVE.rawValue else { continue }
+                pipes_store_relaxed64(RingFields.records(to), pipes_load_relaxed64(RingFields.records(from)))
+                pipes_store_relaxed64(RingFields.dropped(to), pipes_load_relaxed64(RingFields.dropped(from)))
+                pipes_store_release32(RingFields.pid(to), pipes_load_acquire32(RingFields.pid(from)))
+                pipes_store_release64(RingFields.tail(to), pipes_load_acquire64(RingFields.tail(from)))
+                pipes_store_release32(RingFields.state(to), PIPES_READER_ACTIVE.rawValue)
+            }
+            old.successor = next
+            pipes_store_release32(old.f.moved, 1)
+            region = next
+            fd = next.fd
+            capacity = next.capacity
+            mask = next.mask
+            header = next.header
+            data = next.data
+            f = next.f
+        }
+        // Wake readers asleep on the old region: they finish it and follow.
+        pipes_fence_seq_cst()
+        _ = pipes_fetch_add32(old.f.wakeSeq, 1)
+        _ = pipes_futex_wake(old.f.wakeSeq, Int32.max)
+        if newCapacity > cut { grows += 1 } else if newCapacity < cut { shrinks += 1 }
+        cut = newCapacity
+        cutLog2 = n
+        recordLimit = DBuf.recordLimit(newCapacity)
+        quarter = newCapacity / 4
+        quietLaps = 0
+        pendingRelease = nil
+        cachedMinTail = lo
+        lastWakeHead = head
+    }
+
+    /// Copies the bytes of indices [a, b) from one region to the same indices of another.
+    private static func copy(from src: RingRegion, to dst: RingRegion, _ a: UInt64, _ b: UInt64) {
+        let unit = UInt64(min(src.capacity, dst.capacity))
+        var i = a
+        while i != b {
+            let chunk = min(b &- i, unit &- (i & (unit &- 1)))
+            (dst.data + Int(i & dst.mask)).copyMemory(from: src.data + Int(i & src.mask), byteCount: Int(chunk))
+            i &+= chunk
+        }
+    }
+
+    /// The region `r` moved to, if it did (readers following the ring).
+    func successor(of r: RingRegion) -> RingRegion? { lock.withLock { r.successor } }
+
     // MARK: readers
 
     /// The state word of reader slot `i` (0 free, 1 active), for tools and tests.
     public func slotState(_ i: Int) -> UInt32 {
         guard i >= 0 && i < maxReaders else { return 0 }
-        return pipes_load_acquire32(RingFields.state(f.slots + i))
+        return lock.withLock { pipes_load_acquire32(RingFields.state(region.f.slots + i)) }
     }
 
     /// Attaches a reader at the current head (it sees records published from now on). Nil when every slot is
-    /// taken.
+    /// taken. Any thread.
     public func attach() -> DBufReader? {
-        for i in 0..<maxReaders {
-            let s = f.slots + i
-            if pipes_cas32(RingFields.state(s), PIPES_READER_FREE.rawValue, PIPES_READER_ACTIVE.rawValue) != 0 {
-                return DBufReader(ring: self, slot: s)
+        lock.withLock {
+            let r = region
+            for i in 0..<maxReaders {
+                if pipes_cas32(RingFields.state(r.f.slots + i), PIPES_READER_FREE.rawValue, PIPES_READER_ACTIVE.rawValue) != 0 {
+                    return DBufReader(ring: self, region: r, slotIndex: i)
+                }
             }
+            return nil
         }
-        return nil
     }
 }
 
 /// One reader of a `DBuf`: a private position in the shared ring (paper §5.1). `peek` hands out the next
 /// record in place; `consume` moves on; `read` is peek plus a copy. Use from one thread at a time.
+///
+/// When the ring reallocates, the reader reads the old region to its end and then continues in the new one on
+/// its own (same slot, same position).
 public final class DBufReader: @unchecked Sendable {
     public let ring: DBuf
-    let slot: UnsafeMutablePointer<pipes_ring_reader>
+    /// The region this reader reads (the ring's, or one the ring has moved away from).
+    private(set) var region: RingRegion
+    let slotIndex: Int
+    private(set) var slot: UnsafeMutablePointer<pipes_ring_reader>
     private var tail: UInt64
     private var cachedHead: UInt64
-    private let headPointer: UnsafeMutablePointer<UInt64>
-    private let tailPointer: UnsafeMutablePointer<UInt64>
-    private let roomFlag: UnsafeMutablePointer<UInt32>
+    private var data: UnsafeMutableRawPointer
+    private var mask: UInt64
+    private var headPointer: UnsafeMutablePointer<UInt64>
+    private var tailPointer: UnsafeMutablePointer<UInt64>
+    private var oldestPointer: UnsafeMutablePointer<UInt64>
+    private var movedPointer: UnsafeMutablePointer<UInt32>
+    private var roomFlag: UnsafeMutablePointer<UInt32>
     private let isBlocking: Bool
     private var nextSequence: UInt64
     /// Records delivered and, on a `.drop` ring, records lost because this reader lagged.
@@ -331,17 +737,24 @@ public final class DBufReader: @unchecked Sendable {
     public private(set) var dropped: UInt64 = 0
     private var detached = false
 
-    init(ring: DBuf, slot: UnsafeMutablePointer<pipes_ring_reader>) {
+    /// Called with the ring's lock held, the slot claimed.
+    init(ring: DBuf, region: RingRegion, slotIndex: Int) {
         self.ring = ring
-        self.slot = slot
-        headPointer = ring.f.head
+        self.region = region
+        self.slotIndex = slotIndex
+        slot = region.f.slots + slotIndex
+        data = region.data
+        mask = region.mask
+        headPointer = region.f.head
         tailPointer = RingFields.tail(slot)
-        roomFlag = ring.f.roomFlag
+        oldestPointer = region.f.oldest
+        movedPointer = region.f.moved
+        roomFlag = region.f.roomFlag
         isBlocking = ring.policy == .block
         let h = pipes_load_acquire64(headPointer)
         tail = h
         cachedHead = h
-        nextSequence = pipes_load_acquire64(ring.f.records)
+        nextSequence = pipes_load_acquire64(region.f.records)
         pipes_store_relaxed64(RingFields.records(slot), 0)
         pipes_store_relaxed64(RingFields.dropped(slot), 0)
         pipes_store_release32(RingFields.pid(slot), UInt32(getpid()))
@@ -355,8 +768,19 @@ public final class DBufReader: @unchecked Sendable {
         if detached { return }
         detached = true
         publishCounters()
-        pipes_store_release32(RingFields.state(slot), PIPES_READER_FREE.rawValue)
-        wakeProducer()
+        // Free the slot in this region and in every region the ring has moved to since (copied for us there).
+        let last: RingRegion = ring.lock.withLock {
+            var r = region
+            while true {
+                pipes_store_release32(RingFields.state(r.f.slots + slotIndex), PIPES_READER_FREE.rawValue)
+                guard let next = r.successor else { return r }
+                r = next
+            }
+        }
+        if pipes_load_acquire32(last.f.roomFlag) != 0 {
+            _ = pipes_fetch_add32(last.f.roomSeq, 1)
+            _ = pipes_futex_wake(last.f.roomSeq, 1)
+        }
     }
 
     /// A record in the ring, valid until `consume` (on a `.drop` ring, until the producer overtakes it: check
@@ -375,23 +799,30 @@ public final class DBufReader: @unchecked Sendable {
 
     /// The next record, without copying, or nil if there is none yet.
     public func peek() -> Record? {
-        let r = ring
+        let isDrop = !isBlocking
         while true {
             // The producer's head is reloaded only when what we knew of is used up: one shared cache line
             // transfer per batch of records, not one per record.
-            if r.policy == .drop {
+            if isDrop {
                 // Overtaken readers jump forward to `oldest`, which may lie past a cached head: reload it.
                 resyncIfOvertaken()
                 cachedHead = pipes_load_acquire64(headPointer)
             }
             if tail == cachedHead {
                 cachedHead = pipes_load_acquire64(headPointer)
-                if tail == cachedHead { return nil }
+                if tail == cachedHead {
+                    // Nothing more here: if the ring moved (reallocation), go on in its new region.
+                    if pipes_load_acquire32(movedPointer) != 0 && follow() { continue }
+                    return nil
+                }
             }
-            let rec = pipes_rec_at(r.data, r.mask, tail)!
+            let rec = pipes_rec_at(data, mask, tail)!
             let len = rec.pointee.length
             if len == PIPES_REC_PAD {
-                tail &+= UInt64(r.capacity) - (tail & r.mask)
+                let skip = pipes_rec_pad_skip(rec, mask, tail)
+                // On a `.drop` ring the pad may have been overwritten while we read it: validate it too.
+                if isDrop && !isValid(tail) { continue }
+                tail &+= skip
                 continue
             }
             let record = Record(
@@ -400,9 +831,9 @@ public final class DBufReader: @unchecked Sendable {
                 wireLength: Int(rec.pointee.wire_length), linkType: rec.pointee.link_type,
                 timestampNanoseconds: rec.pointee.timestamp_ns,
                 position: tail, span: pipes_rec_span(len))
-            if r.policy == .drop {
+            if isDrop {
                 // The header may have been overwritten while we read it: validate, else resync and retry.
-                if !isStillValid(record) { continue }
+                if !isValid(tail) { continue }
                 if record.sequence > nextSequence { dropped &+= record.sequence - nextSequence }
                 nextSequence = record.sequence
             }
@@ -412,10 +843,14 @@ public final class DBufReader: @unchecked Sendable {
 
     /// True while a `.drop` ring's producer has not overwritten `record` (always true on `.block` rings).
     public func isStillValid(_ record: Record) -> Bool {
-        if ring.policy == .block { return true }
+        if isBlocking { return true }
+        return isValid(record.position)
+    }
+
+    @inline(__always)
+    private func isValid(_ position: UInt64) -> Bool {
         pipes_fence_seq_cst()
-        let oldest = pipes_load_acquire64(ring.f.oldest)
-        return record.position >= oldest
+        return position >= pipes_load_acquire64(oldestPointer)
     }
 
     /// Moves past `record` (the one `peek` returned).
@@ -449,33 +884,69 @@ public final class DBufReader: @unchecked Sendable {
 
     /// True when the producer closed the ring and everything was read.
     public var isAtEnd: Bool {
-        let closed = pipes_load_acquire32(ring.f.closed) != 0
-        let head = pipes_load_acquire64(ring.f.head)
+        let closed = pipes_load_acquire32(region.f.closed) != 0
+        let head = pipes_load_acquire64(headPointer)
         return closed && tail == head
     }
 
-    /// Sleeps until a record may be there, the ring closed, or `timeoutNanoseconds` passed (default: the
-    /// ring's moderation timeout, which bounds how late an unsignalled record is seen).
+    /// True when this reader's region was left behind by a reallocation and the reader cannot follow it (a
+    /// mapping made with `DBuf(mapping:)` does not know the new region: ask the ring's owner again).
+    public var isStranded: Bool {
+        pipes_load_acquire32(movedPointer) != 0 && pipes_load_acquire64(headPointer) == tail
+            && ring.successor(of: region) == nil
+    }
+
+    /// Sleeps until a record may be there, the ring closed or moved, or `timeoutNanoseconds` passed (default:
+    /// the ring's moderation timeout, which bounds how late an unsignalled record is seen).
     public func wait(timeoutNanoseconds: UInt64? = nil) {
         let timeoutNanoseconds = timeoutNanoseconds ?? ring.timeoutNanoseconds
-        let headPtr = ring.f.head
+        let headPtr = headPointer
         for _ in 0..<DBuf.spins {
             if pipes_load_acquire64(headPtr) != tail { return }
             pipes_cpu_relax()
         }
-        let seqPtr = ring.f.wakeSeq
+        let f = region.f
+        let seqPtr = f.wakeSeq
         let seen = pipes_load_acquire32(seqPtr)
-        _ = pipes_fetch_add32(ring.f.sleepers, 1)
+        _ = pipes_fetch_add32(f.sleepers, 1)
         pipes_fence_seq_cst()
-        let head = pipes_load_acquire64(ring.f.head)
-        let closed = pipes_load_acquire32(ring.f.closed) != 0
-        if head == tail && !closed { _ = pipes_futex_wait(seqPtr, seen, timeoutNanoseconds) }
-        _ = pipes_fetch_add32(ring.f.sleepers, UInt32.max)
+        let head = pipes_load_acquire64(headPtr)
+        let closed = pipes_load_acquire32(f.closed) != 0
+        let moved = pipes_load_acquire32(f.moved) != 0
+        if head == tail && !closed && !moved { _ = pipes_futex_wait(seqPtr, seen, timeoutNanoseconds) }
+        _ = pipes_fetch_add32(f.sleepers, UInt32.max)
     }
 
     private func resyncIfOvertaken() {
-        let oldest = pipes_load_acquire64(ring.f.oldest)
+        let oldest = pipes_load_acquire64(oldestPointer)
         if tail < oldest { tail = oldest }
+    }
+
+    /// The region moved and `tail` reached its head, which is final once `moved` is seen: continue in the
+    /// successor on the same slot (the producer copied it there, active) with the same tail. False if this
+    /// reader cannot know the successor (a mapping of another process's ring).
+    private func follow() -> Bool {
+        let h = pipes_load_acquire64(headPointer)
+        if h != tail {
+            cachedHead = h
+            return true
+        }
+        guard let next = ring.successor(of: region) else { return false }
+        region = next
+        slot = next.f.slots + slotIndex
+        data = next.data
+        mask = next.mask
+        headPointer = next.f.head
+        tailPointer = RingFields.tail(slot)
+        oldestPointer = next.f.oldest
+        movedPointer = next.f.moved
+        roomFlag = next.f.roomFlag
+        cachedHead = tail
+        publishCounters()
+        pipes_store_release32(RingFields.pid(slot), UInt32(getpid()))
+        pipes_store_release64(tailPointer, tail)
+        if isBlocking { wakeProducer() }
+        return true
     }
 
     /// No fence between our tail store and this load (it would cost a full barrier per record): in the rare
@@ -484,8 +955,8 @@ public final class DBufReader: @unchecked Sendable {
     @inline(__always)
     private func wakeProducer() {
         if pipes_load_acquire32(roomFlag) == 0 { return }
-        _ = pipes_fetch_add32(ring.f.roomSeq, 1)
-        _ = pipes_futex_wake(ring.f.roomSeq, 1)
+        _ = pipes_fetch_add32(region.f.roomSeq, 1)
+        _ = pipes_futex_wake(region.f.roomSeq, 1)
     }
 }
 
@@ -494,7 +965,7 @@ public final class DBufReader: @unchecked Sendable {
 /// exclusivity model and the thread sanitizer would see as plain conflicting accesses).
 struct RingFields {
     let magic, head, records, oldest, wakeups: UnsafeMutablePointer<UInt64>
-    let closed, wakeSeq, roomFlag, sleepers, roomSeq: UnsafeMutablePointer<UInt32>
+    let closed, moved, cutLog2, wakeSeq, roomFlag, sleepers, roomSeq: UnsafeMutablePointer<UInt32>
     let slots: UnsafeMutablePointer<pipes_ring_reader>
 
     init(_ base: UnsafeMutableRawPointer) {
@@ -507,6 +978,8 @@ struct RingFields {
         oldest = at(\.producer.oldest)
         wakeups = at(\.producer.wakeups)
         closed = at(\.producer.closed)
+        moved = at(\.producer.moved)
+        cutLog2 = at(\.producer.size_log2)
         wakeSeq = at(\.producer.wake_seq)
         roomFlag = at(\.producer.waiting_for_room)
         sleepers = at(\.consumers.sleepers)

@@ -23,6 +23,11 @@ int pipes_ring_memfd(const char *name, uint64_t size) {
     return fd;
 }
 
+int pipes_ring_release(int fd, uint64_t offset, uint64_t length) {
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) != 0) return -errno;
+    return 0;
+}
+
 int pipes_futex_wait(uint32_t *word, uint32_t expected, uint64_t timeout_ns) {
     struct timespec ts, *tp = 0;
     if (timeout_ns) {

@@ -17,9 +17,36 @@
  * except the page(s) holding reader slots.
  *
  * Records. The data area holds records, each a struct pipes_rec followed by `length` payload bytes, padded to
- * PIPES_REC_ALIGN. A record never wraps: when it does not fit before the end of the data area, the producer
- * writes a pad record (length PIPES_REC_PAD) that tells readers to skip to the start of the next lap. So a
- * peek always yields one contiguous block.
+ * PIPES_REC_ALIGN. A record never wraps: when it does not fit before the end of the data area (or before the
+ * deck-cut, below), the producer writes a pad record: length PIPES_REC_PAD and, in class_value, how far to skip
+ * in PIPES_REC_ALIGN units (pipes_rec_set_pad / pipes_rec_pad_skip). Only the first 8 bytes of a pad are
+ * written (a pad may sit 8 bytes before the end of the data area). The skip is explicit, not "to the next lap",
+ * because a reallocated ring (below) holds pads written in a region of another size. So a peek always yields
+ * one contiguous block. (Version 1 pads carried no skip: they meant "to the next lap of this region"; a reader
+ * may treat a skip that is zero or does not end on a 4096-byte boundary that way.)
+ *
+ * Self-scaling (paper §5.4). A ring changes its size at run time in one of two ways; indices never change
+ * meaning, so readers' tails stay valid across both:
+ *
+ *   Deck-cut. The region is sized for the maximum (1 << info.size_log2; untouched pages take no memory) and
+ *   the producer uses only the first 1 << producer.size_log2 bytes of each lap: a record that does not fit
+ *   below the cut, or a producer already past a lowered cut, gets a pad to the next lap of the *mapped* size.
+ *   The position of byte index i is still i & (mapped size - 1), so readers need no change; the room check
+ *   (BLOCK) and `oldest` (DROP) stay index-based and exact. Memory above a lowered cut is given back
+ *   (fallocate PUNCH_HOLE) only once every active reader has passed the last record written there.
+ *
+ *   Reallocation. The producer moves the ring to a new region (a new memfd) of another power-of-two size and
+ *   copies the window still needed ([slowest tail, head) for BLOCK, [max(oldest, slowest tail), head) for
+ *   DROP) to the same byte indices there, with the reader slots (state, tail, counters, pid). Growing always
+ *   works (records never straddle a multiple of the new size); shrinking only when that window fits without
+ *   straddling. Then it sets producer.moved in the old region (after head's last store, with release order)
+ *   and writes only the new one. A reader of the old region reads on up to its (now final) head; when it
+ *   finds nothing more and moved set, it continues in the new region on the same slot index with its tail.
+ *   In-process readers follow by themselves. A reader in another process must get the new region from the
+ *   daemon (the client library asks again, as for a replaced ring), map it, store its tail and pid in its
+ *   slot there (already ACTIVE, copied for it) and go on; if that slot is FREE there (it claimed its slot
+ *   in the old region after the copy) it attaches anew. Detaching means freeing the slot in the newest
+ *   region. The old region is freed once nobody maps it.
  *
  * Policies. PIPES_RING_BLOCK (IPC): the producer waits until the slowest active reader has room; nothing is
  * lost. PIPES_RING_DROP (packet reception): the producer never waits; it overwrites the oldest records, and
@@ -39,7 +66,7 @@
 #include <stdint.h>
 
 #define PIPES_RING_MAGIC        0x31474E4952504950ULL /* "PIPRING1" little-endian */
-#define PIPES_RING_VERSION      1u
+#define PIPES_RING_VERSION      2u  /* 2: pads carry their skip; producer.moved */
 #define PIPES_RING_CACHELINE    64u
 #define PIPES_RING_HEADER_SIZE  8192u
 #define PIPES_RING_MAX_READERS  124u
@@ -75,9 +102,11 @@ struct pipes_ring_producer {
     uint64_t head;             /* byte index just past the last published record (store-release) */
     uint64_t records;          /* records published (the next record's sequence number) */
     uint64_t oldest;           /* DROP: byte index of the oldest record not overwritten */
-    uint32_t size_log2;        /* data area in use now (self-scaling by deck-cut); <= info.size_log2 */
+    uint32_t size_log2;        /* deck-cut: records are written only below 1 << size_log2 (<= info.size_log2) */
     uint32_t closed;           /* 1: end of stream after head */
-    uint64_t reserved0[4];
+    uint32_t moved;            /* 1: reallocated; this region's head is final, the ring goes on in a new region */
+    uint32_t reserved1;
+    uint64_t reserved0[3];
     uint32_t wake_seq;         /* futex word readers sleep on */
     uint32_t waiting_for_room; /* BLOCK: 1 while the producer sleeps on consumers.room_seq */
     uint64_t wakeups;          /* wake-ups sent (statistics) */
@@ -114,7 +143,7 @@ struct pipes_ring_header {
 /* A record header in the data area. 32 bytes; payload follows. */
 struct pipes_rec {
     uint32_t length;           /* payload bytes, or PIPES_REC_PAD */
-    uint32_t class_value;      /* the class the producing filter gave the block (paper §6.1) */
+    uint32_t class_value;      /* the class the producing filter gave the block (paper §6.1); a pad: its skip / 8 */
     uint64_t sequence;         /* producer.records when it was published */
     uint32_t wire_length;      /* packets: length on the wire (>= length) */
     uint16_t link_type;        /* LINKTYPE_* of the payload */
@@ -148,6 +177,22 @@ static inline void pipes_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SE
 /* The record at byte index `position` of a ring whose data area is `data` with mask `mask`. */
 static inline struct pipes_rec *pipes_rec_at(void *data, uint64_t mask, uint64_t position) {
     return (struct pipes_rec *)((char *)data + (position & mask));
+}
+
+/* Makes the record at `r` a pad that sends readers `skip` bytes on (a multiple of PIPES_REC_ALIGN). Writes only
+   the record's first 8 bytes. */
+static inline void pipes_rec_set_pad(struct pipes_rec *r, uint64_t skip) {
+    r->class_value = (uint32_t)(skip / PIPES_REC_ALIGN);
+    r->length = PIPES_REC_PAD;
+}
+
+/* How far the pad at byte index `position` of a ring with mask `mask` sends a reader. A version 1 pad (no skip,
+   or one that does not end on a 4096-byte boundary, where every lap of every ring size ends) means "to the
+   next lap of this region". */
+static inline uint64_t pipes_rec_pad_skip(const struct pipes_rec *r, uint64_t mask, uint64_t position) {
+    uint64_t skip = (uint64_t)r->class_value * PIPES_REC_ALIGN;
+    if (skip == 0 || skip > mask + 1 || ((position + skip) & 4095u) != 0) skip = mask + 1 - (position & mask);
+    return skip;
 }
 
 /* Bytes a record with `length` payload bytes occupies. */
