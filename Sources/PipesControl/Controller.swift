@@ -210,8 +210,10 @@ public final class Controller: @unchecked Sendable {
     /// A filter below a parent that produces its output from a thread of its own (`exec`: a process's stdout) is
     /// bound to its node once placed there. Lock held.
     private func bindProducer(_ filter: any Filter, to node: Node, op: String) throws(ControlError) {
-        guard let s = filter as? any SourceFilter else { return }
-        do { try s.attach(space: space, node: node) } catch {
+        do {
+            if let s = filter as? any SourceFilter { try s.attach(space: space, node: node) }
+            if let b = filter as? any SpaceBoundFilter { try b.bind(space: space, node: node) }
+        } catch {
             throw fail(op, ControlError(error.errno, prefixed(node.descriptor.name, error.message)))
         }
     }
@@ -527,6 +529,11 @@ extension Controller {
                 for t in n.taps { t.ring.endOfStream() }
                 if !(n.filter is any SourceFilter) { n.filter.shutdown() }
             }
+        }
+        // Writers (pcapout) finish their queued bytes after shutdown(): wait for them without the lock.
+        let draining: [any DrainingFilter] = space.lock.withLock { space.nodes.values.compactMap { $0.filter as? any DrainingFilter } }
+        for d in draining where !d.waitUntilStopped(timeoutNanoseconds: 10_000_000_000) {
+            errors.append("shutdown: \(type(of: d)) did not finish writing within 10 s")
         }
         errors.flush()
     }

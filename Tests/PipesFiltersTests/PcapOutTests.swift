@@ -2,7 +2,8 @@
 import Glibc
 #endif
 import CPcap
-import PipesFilters
+import PipesControl
+@testable import PipesFilters
 import PipesRuntime
 import PipesTestSupport
 import Testing
@@ -119,5 +120,105 @@ struct PcapOutTests {
         let (f, path) = try pcapout("keep.pcap")
         defer { unlink(path); f.shutdown() }
         #expect(makeError("pcapout", "/nonexistent-dir-\(getpid())/y.pcap")?.message.contains("cannot create") == true)
+    }
+
+    // MARK: the writer thread
+
+    @Test("in the graph: 20000 records from a lossless source all reach the file, in order; rmdir closes it")
+    func throughTheGraph() throws {
+        let path = temporaryPath("graph.pcap")
+        defer { unlink(path) }
+        let c = Controller()
+        defer { c.shutdown() }
+        let gen = try c.addSource("g=gen:size=1000,count=20000")
+        let out = try c.makeDirectory(in: gen, named: "pcapout=\(path)")
+        let genSource = try #require(gen.filter as? GeneratorSource)
+        #expect(eventually(within: 60) { genSource.finished })
+        let stats = c.statsText(out)
+        #expect(stats.contains("records_written: 20000"), "\(stats)")
+        #expect(stats.contains("records_dropped: 0"))
+        let pcapout = try #require(out.filter as? PcapOut)
+        try c.removeDirectory(in: gen, named: "pcapout=\(path)")
+        #expect(pcapout.waitUntilStopped(timeoutNanoseconds: 30_000_000_000))
+        let (r, records) = readRecords(path)
+        #expect(r.openError == nil && r.readError == nil)
+        #expect(r.linkType == LinkType.user.rawValue)
+        #expect(records.count == 20000)
+        let inOrder = records.enumerated().allSatisfy { i, rec in
+            rec.bytes.count == 1000 && rec.bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } == UInt64(i).littleEndian
+        }
+        #expect(inOrder, "every record, in order")
+    }
+
+    @Test("unmount waits until the queue is in the file")
+    func unmountWaits() throws {
+        let path = temporaryPath("unmount.pcap")
+        defer { unlink(path) }
+        let c = Controller()
+        let gen = try c.addSource("g=gen:size=4000,count=5000")
+        _ = try c.makeDirectory(in: gen, named: "pcapout=\(path)")
+        let genSource = try #require(gen.filter as? GeneratorSource)
+        #expect(eventually(within: 60) { genSource.finished })
+        c.shutdown()
+        #expect(readRecords(path).1.count == 5000)
+    }
+
+    @Test("a write error (ENOSPC on /dev/full) is reported once and counted; sync says so")
+    func writeError() throws {
+        let fd = open("/dev/full", O_WRONLY | O_CLOEXEC)
+        try #require(fd >= 0)
+        let sink = WriterSink(fd: fd, path: "/dev/full")
+        let lines = Locked<[String]>([])
+        FileWriter.shared.register(sink)
+        FileWriter.shared.setReporter(sink) { l in lines.update { $0.append(l) } }
+        let chunk = [UInt8](repeating: 7, count: 300_000)
+        for _ in 0..<8 { _ = chunk.withUnsafeBytes { sink.queue.append(header: nil, body: $0) } }
+        FileWriter.shared.wake()
+        #expect(FileWriter.shared.sync(sink, upTo: 8 * 300_000, timeoutNanoseconds: 10_000_000_000))
+        let p = FileWriter.shared.published(sink)
+        #expect(p.error == ENOSPC)
+        #expect(p.bytesWritten == 0)
+        #expect(p.bytesLost == 8 * 300_000)
+        #expect(lines.value.count == 1, "reported once: \(lines.value)")
+        #expect(lines.value.first?.contains("No space left on device") == true)
+        FileWriter.shared.close(sink)
+        #expect(FileWriter.shared.waitClosed(sink, timeoutNanoseconds: 10_000_000_000))
+    }
+
+    @Test("URing writes and reads at offsets, through io_uring and through the pread/pwrite fallback",
+          arguments: [false, true])
+    func uring(fallback: Bool) throws {
+        if fallback { setenv("PIPESFS_NO_IO_URING", "1", 1) }
+        let u = URing(entries: 4)
+        if fallback { unsetenv("PIPESFS_NO_IO_URING") }
+        #expect(u.usesIOURing == !fallback, "\(u.fallbackReason ?? "")")
+        let path = temporaryPath("uring")
+        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        try #require(fd >= 0)
+        defer { close(fd); unlink(path) }
+        let a = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 4096)
+        let b = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 4096)
+        defer { a.deallocate(); b.deallocate() }
+        memset(a, 0x41, 8192)
+        memset(b, 0x42, 8192)
+        u.write(fd, a, 8192, at: 8192, tag: 1)
+        u.write(fd, b, 100, at: 0, tag: 2)
+        u.submit()
+        var results: [UInt64: Int32] = [:]
+        for _ in 0..<2 { let (t, r) = u.complete(); results[t] = r }
+        #expect(results == [1: 8192, 2: 100])
+        memset(a, 0, 8192)
+        u.read(fd, a, 8192, at: 8100, tag: 3)
+        u.submit()
+        let (t, r) = u.complete()
+        #expect(t == 3 && r == 8192)
+        #expect(a.load(fromByteOffset: 91, as: UInt8.self) == 0x00, "the hole between the writes")
+        #expect(a.load(fromByteOffset: 92, as: UInt8.self) == 0x41)
+        u.read(fd, a, 8192, at: 16384, tag: 4)
+        u.submit()
+        #expect(u.complete().result == 0, "end of file")
+        u.write(-1, a, 10, at: 0, tag: 5)
+        u.submit()
+        #expect(u.complete().result == -EBADF)
     }
 }

@@ -1,0 +1,243 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PipesBuffering
+
+/// One file being written by the `FileWriter`: a queue (a `TapRing`, filled under the space lock, never
+/// waiting) and the file the writer thread moves it into.
+///
+/// The producer side appends to `queue`; everything else is the writer's. Counters are published under the
+/// writer's lock at the end of each pass, so `bytesOnFile` never runs ahead of a close or an error report.
+public final class WriterSink: @unchecked Sendable {
+    /// Queued bytes, in file order. Lossless (`.block`): a producer that can wait is held up past its
+    /// high-water mark; one that cannot (live capture) fills it up to `maxCapacity`, then drops and counts.
+    public let queue: TapRing
+    let fd: Int32
+    let path: String
+    /// Where a line for `.errors` goes when the file fails (the space's log once the filter is bound); dropped
+    /// when the file is closed, which breaks the cycle through the space. Guarded by the writer's lock.
+    var reporter: (@Sendable (String) -> Void)?
+    // Writer thread only.
+    var offset: Int
+    // Guarded by the writer's lock.
+    var closeRequested = false
+    public internal(set) var closed = false
+    var published = Published()
+
+    struct Published {
+        /// Bytes taken from the queue and written (or, after an error, given up on).
+        var bytesTaken: UInt64 = 0
+        var bytesWritten: UInt64 = 0
+        var bytesLost: UInt64 = 0
+        var error: Int32 = 0
+    }
+
+    init(fd: Int32, path: String, offset: Int = 0, capacity: Int = 4 << 20, maxCapacity: Int = 64 << 20) {
+        self.fd = fd
+        self.path = path
+        self.offset = offset
+        queue = TapRing(capacity: capacity, policy: .block, maxCapacity: maxCapacity)
+    }
+}
+
+/// The thread that writes every `pcapout` file: queued bytes go out in writes of up to 1 MiB, two in flight per
+/// file, through io_uring (`URing`), or `pwrite` where io_uring is refused. No file I/O happens under the space
+/// lock: filters only append to their sink's queue.
+///
+/// The thread starts with the first sink and ends when the last one is closed.
+public final class FileWriter: @unchecked Sendable {
+    public static let shared = FileWriter()
+    public static let chunk = 1 << 20
+    /// Per sink and pass, so one busy file does not starve the others.
+    static let passBudget = 16 << 20
+
+    private let lock = ConditionLock()
+    private var sinks: [WriterSink] = []
+    private var work = false
+    private var running = false
+    private var passes: UInt64 = 0
+    /// How the writer thread writes: "io_uring", or "pwrite (reason)". A refusal of io_uring is reported once
+    /// per process, through the sink being written then.
+    private var _method = "io_uring"
+    private var fallbackReported = false
+    public var method: String { lock.withLock { _method } }
+
+    init() {}
+
+    /// Starts writing `sink`'s queue to its file.
+    func register(_ sink: WriterSink) {
+        sink.queue.setReadableNotifier { [self] in wake() }
+        let start: Bool = lock.withLock {
+            sinks.append(sink)
+            work = true
+            lock.broadcast()
+            if running { return false }
+            running = true
+            return true
+        }
+        if start { startThread(name: "file-writer") { [self] in loop() } }
+    }
+
+    /// New bytes, a close or a sync: run a pass soon. Never waits (it may run under the space lock).
+    func wake() {
+        lock.withLock {
+            work = true
+            lock.broadcast()
+        }
+    }
+
+    /// Asks the writer to write what is queued, then close the file. Never waits.
+    func close(_ sink: WriterSink) {
+        lock.withLock {
+            sink.closeRequested = true
+            work = true
+            lock.broadcast()
+        }
+    }
+
+    /// Waits until the first `target` bytes queued in `sink` are in its file (or given up on after an error),
+    /// at most `timeoutNanoseconds`. Returns false on timeout.
+    func sync(_ sink: WriterSink, upTo target: UInt64, timeoutNanoseconds: Int64) -> Bool {
+        lock.withLock {
+            work = true
+            lock.broadcast()
+            return lock.wait(until: { sink.closed || sink.published.bytesTaken >= target }, timeoutNanoseconds: timeoutNanoseconds)
+        }
+    }
+
+    /// Waits until `sink` is closed. Returns false on timeout.
+    func waitClosed(_ sink: WriterSink, timeoutNanoseconds: Int64) -> Bool {
+        lock.withLock { lock.wait(until: { sink.closed }, timeoutNanoseconds: timeoutNanoseconds) }
+    }
+
+    func published(_ sink: WriterSink) -> WriterSink.Published { lock.withLock { sink.published } }
+
+    /// Sets where `sink`'s failures are reported.
+    func setReporter(_ sink: WriterSink, _ f: (@Sendable (String) -> Void)?) { lock.withLock { sink.reporter = f } }
+
+    private func report(_ sink: WriterSink, _ line: String) {
+        let f = lock.withLock { sink.reporter }
+        f?(line)
+    }
+
+    // MARK: the writer thread
+
+    private func loop() {
+        let uring = URing(entries: 16)
+        let (announce, first): (Bool, WriterSink?) = lock.withLock {
+            _method = uring.usesIOURing ? "io_uring" : "pwrite (\(uring.fallbackReason ?? ""))"
+            defer { if !uring.usesIOURing { fallbackReported = true } }
+            return (!uring.usesIOURing && !fallbackReported, sinks.first)
+        }
+        if announce, let why = uring.fallbackReason {
+            if let s = first { report(s, "pcapout: io_uring unavailable (\(why)); files are written with pwrite") }
+        }
+        let buffers = (0..<2).map { _ in UnsafeMutableRawPointer.allocate(byteCount: FileWriter.chunk, alignment: 4096) }
+        defer { for b in buffers { b.deallocate() } }
+        while true {
+            lock.lock()
+            while !work && !sinks.isEmpty { lock.wait() }
+            if sinks.isEmpty {
+                running = false
+                lock.unlock()
+                return
+            }
+            work = false
+            let list = sinks
+            lock.unlock()
+
+            var more = false
+            var results: [(WriterSink, WriterSink.Published)] = []
+            for s in list {
+                var p = lock.withLock { s.published }
+                if drain(s, &p, uring, buffers) { more = true }
+                results.append((s, p))
+            }
+            var closing: [WriterSink] = []
+            lock.withLock {
+                for (s, p) in results { s.published = p }
+                for s in list where s.closeRequested && s.queue.available == 0 { closing.append(s) }
+                if more { work = true }
+                passes &+= 1
+            }
+            for s in closing {
+                s.queue.closeReader()
+                s.queue.setReadableNotifier(nil)
+                Glibc.close(s.fd)
+            }
+            lock.withLock {
+                for s in closing { s.closed = true; s.reporter = nil }
+                sinks.removeAll { s in closing.contains { $0 === s } }
+                lock.broadcast()
+            }
+        }
+    }
+
+    /// Writes up to `passBudget` of `s`'s queue, two chunks in flight. Returns true if more is queued.
+    private func drain(_ s: WriterSink, _ p: inout WriterSink.Published, _ uring: URing,
+                       _ buffers: [UnsafeMutableRawPointer]) -> Bool {
+        var budget = FileWriter.passBudget
+        var free = [0, 1]
+        var lengths = [0, 0]
+        var starts = [0, 0]
+        while true {
+            // Fill free buffers from the queue and start their writes.
+            while let i = free.last, budget > 0 {
+                let n = take(s.queue, into: buffers[i], max: min(FileWriter.chunk, budget))
+                if n == 0 { break }
+                free.removeLast()
+                budget -= n
+                p.bytesTaken &+= UInt64(n)
+                if p.error != 0 {
+                    p.bytesLost &+= UInt64(n)
+                    free.append(i)
+                    continue
+                }
+                lengths[i] = n
+                starts[i] = s.offset
+                s.offset += n
+                uring.write(s.fd, buffers[i], n, at: starts[i], tag: UInt64(i))
+            }
+            if uring.inFlight == 0 && free.count == 2 {
+                uring.submit()
+                if uring.inFlight == 0 { break }
+            } else {
+                uring.submit()
+            }
+            let (tag, res) = uring.complete()
+            let i = Int(tag)
+            var r = Int(res)
+            // A short write: the rest, synchronously (rare: a full disk usually shows as ENOSPC on the next).
+            while r >= 0 && r < lengths[i] {
+                let w = pwrite(s.fd, buffers[i] + r, lengths[i] - r, off_t(starts[i] + r))
+                if w < 0 && errno == EINTR { continue }
+                if w <= 0 { r = w == 0 ? -Int(EIO) : -Int(errno); break }
+                r += w
+            }
+            if r < 0 {
+                if p.error == 0 {
+                    p.error = Int32(-r)
+                    report(s, "pcapout '\(s.path)': write failed: \(String(cString: strerror(Int32(-r)))); later records are dropped")
+                }
+                p.bytesLost &+= UInt64(lengths[i])
+            } else {
+                p.bytesWritten &+= UInt64(lengths[i])
+            }
+            free.append(i)
+        }
+        return s.queue.available > 0
+    }
+
+    /// Copies up to `max` queued bytes into `buffer`; returns how many.
+    private func take(_ q: TapRing, into buffer: UnsafeMutableRawPointer, max: Int) -> Int {
+        var n = 0
+        q.read(max: max, id: 0, nonBlocking: true) { o in
+            if case .data(let a, let b) = o {
+                if let x = a.baseAddress { buffer.copyMemory(from: x, byteCount: a.count) }
+                if let y = b.baseAddress { (buffer + a.count).copyMemory(from: y, byteCount: b.count) }
+                n = a.count + b.count
+            }
+        }
+        return n
+    }
+}
