@@ -12,6 +12,9 @@ let package = Package(
     products: [
         .executable(name: "pipesfs", targets: ["pipesfs"]),
         .library(name: "PipesRuntime", targets: ["PipesRuntime"]),
+        // The client library: map a tap's ring and read it with no FUSE round trip. For C, libpipes is built by
+        // `make -C examples` (plain C, no Swift runtime); for Swift, this product.
+        .library(name: "PipesClient", targets: ["PipesClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -37,10 +40,14 @@ let package = Package(
         .target(name: "PipesFS", dependencies: ["PipesControl", "PipesRuntime", "PipesBuffering", "PipesFilters"]),
         // The libfuse3 low-level wire layer, bridging to PipesFS.
         .target(name: "PipesFUSE", dependencies: ["PipesFS", "PipesRuntime", "CFuse3"]),
+        // §4 the client library (C): open a tap by path, map its ring, peek and read; plain read() as fallback.
+        .target(name: "CPipesClient", dependencies: ["PipesRingABI"]),
+        // The same for Swift.
+        .target(name: "PipesClient", dependencies: ["CPipesClient", "PipesRingABI"]),
         .executableTarget(
             name: "pipesfs",
             dependencies: [
-                "PipesFUSE", "PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering", "PipesRingABI", "CIPCBaseline",
+                "PipesFUSE", "PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering", "PipesRingABI", "CIPCBaseline", "PipesClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -527,6 +527,7 @@ extension Controller {
         space.lock.withLock {
             for n in space.nodes.values {
                 for t in n.taps { t.ring.endOfStream() }
+                n.exportRing?.endOfStream()
                 if !(n.filter is any SourceFilter) { n.filter.shutdown() }
             }
         }

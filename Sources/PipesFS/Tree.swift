@@ -339,6 +339,57 @@ public final class Tree: @unchecked Sendable {
         }
     }
 
+    // MARK: shared rings (the client library)
+
+    /// The abstract socket of the `RingService` serving this tree, if one runs. Space lock held.
+    private var _ringServiceName: String?
+    public internal(set) var ringServiceName: String? {
+        get { space.lock.withLock { _ringServiceName } }
+        set { space.lock.withLock { _ringServiceName = newValue } }
+    }
+
+    /// The extended attribute that tells the client library where a stream file's ring comes from.
+    public static let ringAttribute = "user.pipes.ring"
+
+    /// Extended attributes: `user.pipes.ring` on `all` (`@SOCKET NODE`) while the ring service runs.
+    public func getxattr(_ ino: UInt64, _ name: String) throws(FSError) -> String {
+        space.lock.lock()
+        defer { space.lock.unlock() }
+        guard let r = resolve(ino) else { throw FSError(ENOENT, "stale inode") }
+        guard name == Tree.ringAttribute, case .file(let n, .all) = r, let s = _ringServiceName else {
+            throw FSError(ENODATA, "no attribute \(name)")
+        }
+        return "@\(s) \(n.id)"
+    }
+
+    public func listxattr(_ ino: UInt64) throws(FSError) -> [String] {
+        space.lock.lock()
+        defer { space.lock.unlock() }
+        guard let r = resolve(ino) else { throw FSError(ENOENT, "stale inode") }
+        if case .file(_, .all) = r, _ringServiceName != nil { return [Tree.ringAttribute] }
+        return []
+    }
+
+    /// A duplicate of the memfd of `node`'s shared ring (made on first use), for a reader with `caller`'s
+    /// credentials: the same permission check as opening its `all` for reading. The caller closes it.
+    public func sharedRing(node id: UInt64, caller: Caller, groups: [UInt32] = []) throws(FSError) -> Int32 {
+        space.lock.lock()
+        defer { space.lock.unlock() }
+        guard let n = space.nodes[id] else { throw FSError(ENOENT, "no node \(id)") }
+        let a = attributes(.file(n, .all), 0)
+        let bit: UInt32 = caller.uid == a.uid ? 0o400 : (caller.gid == a.gid || groups.contains(a.gid)) ? 0o040 : 0o004
+        if caller.uid != 0 && a.mode & bit == 0 {
+            throw controller.fail("map \(n.path)/all", FSError(EACCES, "uid \(caller.uid) may not read \(n.path)/all"))
+        }
+        let x: ExportRing
+        do throws(RingError) { x = try space.exportRing(n) } catch {
+            throw controller.fail("map \(n.path)/all", FSError(error.errno, "shared ring: \(error.message)"))
+        }
+        let fd = fcntl(x.ring.fd, F_DUPFD_CLOEXEC, 0)
+        if fd < 0 { throw FSError(errno, "dup: \(String(cString: strerror(errno)))") }
+        return fd
+    }
+
     func closeTap(_ node: Node, _ ring: TapRing, uid: UInt32) {
         ring.closeReader()
         space.lock.withLock {

@@ -28,6 +28,17 @@ struct Request: @unchecked Sendable {
     init(_ req: fuse_req_t) { self.req = req }
 }
 
+/// getxattr/listxattr replies: the size when asked for it (size 0), ERANGE when the buffer is too small.
+func replyXattr(_ req: fuse_req_t?, _ v: [UInt8], _ size: Int) {
+    if size == 0 {
+        fuse_reply_xattr(req, v.count)
+    } else if size < v.count {
+        fuse_reply_err(req, ERANGE)
+    } else {
+        v.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+    }
+}
+
 func makeOperations() -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
 
@@ -221,6 +232,27 @@ func makeOperations() -> fuse_lowlevel_ops {
     }
 
     ops.access = { req, _, _ in fuse_reply_err(req, 0) }
+
+    // Extended attributes: `user.pipes.ring` on stream files tells the client library where to map the ring.
+    ops.getxattr = { req, ino, n, size in
+        let b = bridge(req)
+        do throws(FSError) {
+            let v = Array(try b.tree.getxattr(UInt64(ino), name(n)).utf8)
+            replyXattr(req, v, size)
+        } catch { fuse_reply_err(req, error.errno) }
+    }
+
+    ops.listxattr = { req, ino, size in
+        let b = bridge(req)
+        do throws(FSError) {
+            var v: [UInt8] = []
+            for a in try b.tree.listxattr(UInt64(ino)) { v += Array(a.utf8) + [0] }
+            replyXattr(req, v, size)
+        } catch { fuse_reply_err(req, error.errno) }
+    }
+
+    ops.setxattr = { req, _, _, _, _, _ in fuse_reply_err(req, ENOTSUP) }
+    ops.removexattr = { req, _, _ in fuse_reply_err(req, ENOTSUP) }
 
     ops.poll = { req, _, fi, ph in
         guard let f = FUSEBridge.file(fi) else { fuse_reply_err(req, EBADF); return }

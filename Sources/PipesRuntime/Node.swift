@@ -92,6 +92,12 @@ public final class Node: @unchecked Sendable {
     var hotTaps = UnsafeMutableBufferPointer<HotTap>(start: nil, count: 0)
     /// Strong references behind `hotTaps`.
     public internal(set) var taps: [(ring: TapRing, format: TapFormat)] = []
+    /// The node's stream in a shared ring for the client library (made when a client first asks), and its
+    /// unretained view for the hot path.
+    public internal(set) var exportRing: ExportRing? {
+        didSet { hotExport = exportRing.map { Unmanaged.passUnretained($0) } }
+    }
+    var hotExport: Unmanaged<ExportRing>?
 
     public init(id: UInt64, name: String, descriptor: FilterDescriptor, filter: any Filter,
                 selector: ClassSelector = .any, isClassSelection: Bool = false, uid: UInt32 = 0, gid: UInt32 = 0) {

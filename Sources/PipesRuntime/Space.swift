@@ -5,11 +5,14 @@ import PipesBuffering
 /// thread, an injecting write) owns one, so producers never take over each other's backpressure.
 public final class Batch: @unchecked Sendable {
     var wake: [TapRing] = []
-    var congested: [TapRing] = []
+    var congested: [any BatchRing] = []
+    /// Shared rings written in this batch: flushed (readers woken) before the lock is released.
+    var exports: [ExportRing] = []
 
     public init() {
         wake.reserveCapacity(64)
         congested.reserveCapacity(16)
+        exports.reserveCapacity(8)
     }
 
     /// True when a lossless tap this batch wrote to is past its high-water mark: end the batch now.
@@ -53,8 +56,14 @@ public final class Space: @unchecked Sendable {
     /// Releases the lock taken by `begin`.
     @inline(__always)
     public func end() {
+        if !current.exports.isEmpty { flushExports(current) }
         current = defaultBatch
         lock.unlock()
+    }
+
+    private func flushExports(_ b: Batch) {
+        for x in b.exports { x.flush() }
+        b.exports.removeAll(keepingCapacity: true)
     }
 
     public func allocateID() -> UInt64 {
@@ -93,10 +102,11 @@ public final class Space: @unchecked Sendable {
 
     func forward(_ node: Unmanaged<Node>, _ c: UInt32, _ block: inout Block) {
         block.classValue = c
-        let (edges, taps, k) = node._withUnsafeGuaranteedRef { n in (n.hotEdges, n.hotTaps, n.counters) }
+        let (edges, taps, k, x) = node._withUnsafeGuaranteedRef { n in (n.hotEdges, n.hotTaps, n.counters, n.hotExport) }
         k.pointee.packetsOut &+= 1
         k.pointee.bytesOut &+= UInt64(block.count)
         if taps.count != 0 { deliverToTaps(taps, k, block) }
+        if let x { deliverToExport(x, k, block) }
         let n = edges.count
         if n == 1 {
             if edges[0].matches(c) { push(edges[0].child, &block) }
@@ -133,6 +143,20 @@ public final class Space: @unchecked Sendable {
         }
     }
 
+    private func deliverToExport(_ ux: Unmanaged<ExportRing>, _ k: UnsafeMutablePointer<NodeStats>, _ block: Block) {
+        ux._withUnsafeGuaranteedRef { x in
+            let ts = Int64(block.seconds) &* 1_000_000_000 &+ Int64(block.nanoseconds)
+            let r = x.append(block.bytes, classValue: block.classValue, wireLength: block.wireLength,
+                             linkType: UInt16(truncatingIfNeeded: block.linkType.dltValue), timestampNanoseconds: ts)
+            if !r.contains(.stored) { k.pointee.tapDrops &+= 1 }
+            if r.contains(.congested) { current.congested.append(x) }
+            if !x.pendingFlush {
+                x.pendingFlush = true
+                current.exports.append(x)
+            }
+        }
+    }
+
     /// True when a lossless tap the current producer wrote to is past its high-water mark: end the batch early.
     /// Lock held.
     @inline(__always)
@@ -159,6 +183,7 @@ public final class Space: @unchecked Sendable {
     public func finishBatch(mayWait: Bool, stopRequested: () -> Bool = { false }) {
         let b = Batch()
         lock.withLock {
+            if !defaultBatch.exports.isEmpty { flushExports(defaultBatch) }
             swap(&b.wake, &defaultBatch.wake)
             swap(&b.congested, &defaultBatch.congested)
         }
@@ -261,11 +286,11 @@ public final class Space: @unchecked Sendable {
     public func pendingWriteCount(_ node: Node) -> Int { pendingWrites[ObjectIdentifier(node)]?.count ?? 0 }
 
     /// The rings of `rings` that have no retry registered yet, now marked as having one.
-    private func claimRetry(_ rings: [TapRing]) -> [TapRing] {
+    private func claimRetry(_ rings: [any BatchRing]) -> [any BatchRing] {
         retryLock.withLock { rings.filter { retryRegistered.insert(ObjectIdentifier($0)).inserted } }
     }
 
-    private func registerRetry(on rings: [TapRing]) {
+    private func registerRetry(on rings: [any BatchRing]) {
         for r in rings {
             // The callback may run with the space lock held (a stream ending): it takes only `retryLock`.
             let registered = r.whenDrained { [self] in
@@ -293,7 +318,7 @@ public final class Space: @unchecked Sendable {
     func retryPendingWrites() {
         let batch = Batch()
         var done: [(PendingWrite, Int32)] = []
-        var register: [TapRing] = []
+        var register: [any BatchRing] = []
         begin(batch)
         var i = 0
         while i < pendingOrder.count {
@@ -349,13 +374,14 @@ public final class Space: @unchecked Sendable {
     }
 
     /// Lossless taps at or below `node` that are past their high-water mark. Lock held.
-    public func congestedRings(below node: Node) -> [TapRing] {
-        var found: [TapRing] = []
+    public func congestedRings(below node: Node) -> [any BatchRing] {
+        var found: [any BatchRing] = []
         var seen = Set<ObjectIdentifier>()
         var stack = [node]
         while let n = stack.popLast() {
             guard seen.insert(ObjectIdentifier(n)).inserted else { continue }
             for t in n.taps where t.ring.isCongested { found.append(t.ring) }
+            if let x = n.exportRing, x.isCongested { found.append(x) }
             for o in n.outputs { stack.append(o.node) }
         }
         return found
@@ -421,6 +447,17 @@ public final class Space: @unchecked Sendable {
     public func unregister(_ node: Node) {
         nodes[node.id] = nil
         node.removed = true
+        node.exportRing?.endOfStream()
+    }
+
+    /// The node's shared ring for the client library, made on first use. Lock held.
+    public func exportRing(_ node: Node) throws(RingError) -> ExportRing {
+        if let x = node.exportRing { return x }
+        let x = try ExportRing(policy: isFedByLiveSource(node) ? .drop : .block, ringID: node.id)
+        node.exportRing = x
+        if node.ended { x.endOfStream() }
+        refresh()
+        return x
     }
 
     /// Rebuilds the hot edge table of `node` after its children or links changed.
@@ -468,18 +505,24 @@ public final class Space: @unchecked Sendable {
             return r
         }
         for n in nodes.values {
-            if !n.taps.isEmpty {
+            if !n.taps.isEmpty || n.exportRing != nil {
                 // A stream fed by a live source cannot wait: its taps are lossy; all others are lossless.
                 let p: OverflowPolicy = live(n) ? .drop : .block
                 for t in n.taps { t.ring.setPolicy(p) }
+                if let x = n.exportRing {
+                    do throws(RingError) { try x.setPolicy(p) } catch { reportError("\(n.path): shared ring: \(error)") }
+                }
             }
             let e = ended(n)
             if e != n.ended {
                 n.ended = e
-                if e { for t in n.taps { t.ring.endOfStream() } }
+                if e {
+                    for t in n.taps { t.ring.endOfStream() }
+                    n.exportRing?.endOfStream()
+                }
             }
             if let s = n.filter as? any SourceFilter {
-                s.setDemand(!n.outputs.isEmpty || !n.taps.isEmpty)
+                s.setDemand(!n.outputs.isEmpty || !n.taps.isEmpty || n.exportRing != nil)
             }
         }
         // The graph changed: a parked write whose lagging reader is no longer downstream (a link removed, a

@@ -13,7 +13,7 @@ struct PipesFSCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pipesfs",
         abstract: "A stream filesystem: directories are live filters, nesting is data flow.",
-        subcommands: [Mount.self, Umount.self, Filters.self, MakePcap.self, Bench.self]
+        subcommands: [Mount.self, Umount.self, Filters.self, MakePcap.self, Bench.self, ClientRead.self]
     )
 }
 
@@ -93,14 +93,18 @@ struct Mount: ParsableCommand {
             if fg { printError("pipesfs: \(line)") } else { syslogLine(line) }
         }
         let demo = self.demo
+        let rings = RingService(tree: tree)
         let rc = try FUSEServer.serve(tree: tree, mountPoint: mountPoint, options: fuseOptions, foreground: foreground) {
             // fuse_daemonize changed to /; relative names written by filters (pcapout=NAME) go to the spool.
             _ = chdir(spoolDirectory)
+            // The client library maps rings through this socket; without it, clients read through FUSE.
+            do throws(FSError) { try rings.start() } catch { controller.errors.append(error.message) }
             for s in sources {
                 _ = try? controller.addSource(s, uid: getuid(), gid: getgid())  // a failure is in .errors already
             }
             if demo { buildDemoGraph(controller, Caller(uid: getuid(), gid: getgid())) }
         } stopping: {
+            rings.stop()
             controller.shutdown()
         }
         // The loop returns the number of the signal that ended it (SIGINT, SIGTERM, SIGHUP): a clean exit.

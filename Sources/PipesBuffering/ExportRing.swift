@@ -1,0 +1,195 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PipesRingABI
+
+/// What a producer's batch keeps to do after it releases the space lock for a ring it wrote to: wake readers,
+/// wait for a lossless reader that lags. `TapRing` (a FUSE reader's ring) and `ExportRing` (a node's shared
+/// ring for the client library) are both.
+public protocol BatchRing: AnyObject {
+    /// Wakes readers (called once per batch: moderation, §6.2).
+    func serviceWaiters()
+    /// True when a lossless ring is past its high-water mark: its producer should wait.
+    var isCongested: Bool { get }
+    /// Registers `f` to run once when the ring is no longer congested; false (not registered) if it is not.
+    func whenDrained(_ f: @escaping () -> Void) -> Bool
+    /// Waits, without the space lock, until the ring is no longer congested or the timeout passed.
+    func waitUntilDrained(timeoutNanoseconds: Int64) -> Bool
+}
+
+extension TapRing: BatchRing {}
+
+/// `producer.closed` values beyond 0 (open): the stream ended, or the daemon moved it to a new ring (its policy
+/// changed) and readers must ask for the ring again.
+public let ringClosedEnd: UInt32 = 1
+public let ringClosedReplaced: UInt32 = 2
+
+/// A node's stream published in a shared `DBuf` (the multiway pipe of §5.1): readers in other processes map it
+/// through the client library (`libpipes`) and read with no copy and no FUSE round trip.
+///
+/// The producer side (`append`, `flush`, `setPolicy`, `endOfStream`) runs under the space lock, like every
+/// producer of the graph. A lossless ring never makes the producer wait inside the lock: past half full it
+/// reports congestion, and the producer ends its batch and waits outside the lock (`waitUntilDrained`), as it
+/// does for FUSE taps. A lossy ring (a live source upstream) overwrites, and each reader counts its losses.
+public final class ExportRing: BatchRing, @unchecked Sendable {
+    /// The ring readers map now. Replaced (and the old one closed with `ringClosedReplaced`) when the policy
+    /// changes. Read it under the space lock.
+    public private(set) var ring: DBuf
+    public private(set) var policy: OverflowPolicy
+    public let sizeLog2: Int
+    public let ringID: UInt64
+    public let maxReaders: Int
+    /// Records that did not fit (a lossless ring overshot by a whole ring: counted, never overwritten).
+    public private(set) var refused: UInt64 = 0
+    /// Set while the ring is in the current batch's flush list. Space lock held.
+    public var pendingFlush = false
+    private var ended = false
+
+    private let drainLock = ConditionLock()
+    private var drainWaiters: [() -> Void] = []
+    private let watcher = OnDemandWorker(name: "export-drain")
+
+    public init(policy: OverflowPolicy, sizeLog2: Int = 24, maxReaders: Int = 64, ringID: UInt64) throws(RingError) {
+        self.policy = policy
+        self.sizeLog2 = sizeLog2
+        self.ringID = ringID
+        self.maxReaders = maxReaders
+        ring = try DBuf(sizeLog2: sizeLog2, policy: policy == .drop ? .drop : .block, maxReaders: maxReaders, ringID: ringID)
+    }
+
+    deinit {
+        if !ended { ring.close() }
+    }
+
+    // MARK: producer (space lock held)
+
+    /// Publishes one block. Returns `.stored` unless it was refused, plus `.congested` when a lossless ring is
+    /// now past half full.
+    @inline(__always)
+    public func append(_ bytes: UnsafeRawBufferPointer, classValue: UInt32, wireLength: Int, linkType: UInt16,
+                       timestampNanoseconds: Int64) -> AppendResult {
+        let r = ring
+        guard let p = r.reserve(bytes.count, wait: false) else {
+            refused &+= 1
+            return policy == .block ? .congested : []
+        }
+        if let b = bytes.baseAddress, bytes.count > 0 { p.copyMemory(from: b, byteCount: bytes.count) }
+        r.commit(bytes.count, classValue: classValue, wireLength: wireLength, linkType: linkType,
+                 timestampNanoseconds: timestampNanoseconds)
+        if policy == .block && unread(r) >= UInt64(r.capacity / 2) { return [.stored, .congested] }
+        return .stored
+    }
+
+    /// Wakes sleeping readers (end of a batch). Space lock held.
+    public func flush() {
+        pendingFlush = false
+        ring.flush()
+    }
+
+    /// Changes the policy: a new ring, and readers of the old one are told to ask again. Space lock held.
+    public func setPolicy(_ p: OverflowPolicy) throws(RingError) {
+        if p == policy || ended { return }
+        let fresh = try DBuf(sizeLog2: sizeLog2, policy: p == .drop ? .drop : .block, maxReaders: maxReaders, ringID: ringID)
+        let old = ring
+        drainLock.withLock {
+            ring = fresh
+            policy = p
+        }
+        pipes_store_release32(old.f.closed, ringClosedReplaced)
+        pipes_fence_seq_cst()
+        _ = pipes_fetch_add32(old.f.wakeSeq, 1)
+        _ = pipes_futex_wake(old.f.wakeSeq, Int32.max)
+        fireDrainWaiters()
+    }
+
+    /// The stream ended: readers get what is there, then end of stream. Space lock held.
+    public func endOfStream() {
+        if ended { return }
+        drainLock.withLock { ended = true }
+        ring.close()
+        fireDrainWaiters()
+    }
+
+    // MARK: backpressure (any thread)
+
+    /// Bytes the slowest active reader has not consumed yet.
+    private func unread(_ r: DBuf) -> UInt64 {
+        let head = pipes_load_acquire64(r.f.head)
+        var m = head
+        for i in 0..<r.maxReaders {
+            let s = r.f.slots + i
+            guard pipes_load_acquire32(RingFields.state(s)) == PIPES_READER_ACTIVE.rawValue else { continue }
+            let t = pipes_load_acquire64(RingFields.tail(s))
+            if head &- t > head &- m { m = t }
+        }
+        return head &- m
+    }
+
+    public var isCongested: Bool {
+        let (r, p, e) = drainLock.withLock { (ring, policy, ended) }
+        return p == .block && !e && pipes_load_acquire32(r.f.closed) == 0 && unread(r) >= UInt64(r.capacity / 2)
+    }
+
+    public func serviceWaiters() {}
+
+    public func whenDrained(_ f: @escaping () -> Void) -> Bool {
+        guard isCongested else { return false }
+        drainLock.withLock { drainWaiters.append(f) }
+        watcher.request { [self] in watchUntilDrained() }
+        return true
+    }
+
+    public func waitUntilDrained(timeoutNanoseconds: Int64) -> Bool {
+        let deadline = monotonicNow() &+ UInt64(max(0, timeoutNanoseconds))
+        while isCongested {
+            let now = monotonicNow()
+            if now >= deadline { return false }
+            sleepForRoom(min(deadline - now, 1_000_000))
+        }
+        return true
+    }
+
+    /// Readers that move their tail bump `consumers.room_seq` while `producer.waiting_for_room` is non-zero; a
+    /// reader process that died is reclaimed. Bounded, so a missed wake-up costs at most `ns`.
+    private func sleepForRoom(_ ns: UInt64) {
+        let r = drainLock.withLock { ring }
+        r.reclaimDeadReaders()
+        let seen = pipes_load_acquire32(r.f.roomSeq)
+        _ = pipes_fetch_add32(r.f.roomFlag, 1)
+        pipes_fence_seq_cst()
+        if isCongested { _ = pipes_futex_wait(r.f.roomSeq, seen, max(1000, ns)) }
+        _ = pipes_fetch_add32(r.f.roomFlag, UInt32.max)
+    }
+
+    private func watchUntilDrained() {
+        while isCongested { sleepForRoom(1_000_000) }
+        fireDrainWaiters()
+    }
+
+    private func fireDrainWaiters() {
+        let fire: [() -> Void] = drainLock.withLock {
+            let f = drainWaiters
+            drainWaiters = []
+            return f
+        }
+        for f in fire { f() }
+    }
+
+    /// Active reader slots now (for stats).
+    public var readers: Int {
+        let r = drainLock.withLock { ring }
+        var n = 0
+        for i in 0..<r.maxReaders where pipes_load_acquire32(RingFields.state(r.f.slots + i)) == PIPES_READER_ACTIVE.rawValue { n += 1 }
+        return n
+    }
+
+    /// Records published on the current ring.
+    public var produced: UInt64 { ring.produced }
+}
+
+@inline(__always)
+func monotonicNow() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
