@@ -58,8 +58,8 @@ func mappedCaseLibpcap(_ path: String) -> (MappedCaseRead?, String) {
 
 /// Reads `path` with `PcapFileReader` into a node, `batch` records per dispatch, as the source thread does;
 /// nil when the reader refuses the file (the source then uses libpcap).
-func mappedCaseMapped(_ path: String, batch: Int = 7) -> MappedCaseRead? {
-    guard let reader = PcapFileReader(path: path) else { return nil }
+func mappedCaseMapped(_ path: String, batch: Int = 7, pread: Bool = false) -> MappedCaseRead? {
+    guard let reader = PcapFileReader(path: path, pread: pread) else { return nil }
     let space = Space()
     let collector = RecordingFilter(forwardAs: 1)
     let node = handMadeNode(space, "x", collector)
@@ -72,6 +72,7 @@ func mappedCaseMapped(_ path: String, batch: Int = 7) -> MappedCaseRead? {
         if calls > 1_000_000 { r.end = .failed("PcapFileReader never ended"); break }
         var n = -1
         let before = collector.seen.count
+        reader.prepareIO()
         space.lock.lock()
         let status = reader.dispatch(space: space, node: Unmanaged.passUnretained(node), max: batch, count: &n)
         space.lock.unlock()
@@ -482,5 +483,41 @@ struct PcapFileReaderTests {
                 #expect(errors.isEmpty, "\(errors)")
             }
         }
+    }
+}
+
+@Suite("capture-file reader: chunks read ahead")
+struct PcapFileReaderChunkTests {
+    @Test("5 MiB of records from 3 bytes to 200000 across 1 MiB chunks, through io_uring and through pread: as libpcap reads them",
+          arguments: [false, true])
+    func acrossChunks(pread: Bool) throws {
+        var f = HandPcap(snaplen: 262_144)
+        var total = 0, i = 0
+        while total < 5 << 20 {
+            let size = [60, 1514, 65535, 9000, 200_000, 3, 262_144][i % 7]
+            f.record(seconds: UInt32(i), fraction: UInt32(i % 1_000_000), data: (0..<size).map { UInt8(truncatingIfNeeded: $0 &+ i) })
+            total += size + 16
+            i += 1
+        }
+        let path = try f.write("chunks.pcap")
+        defer { unlink(path) }
+        let mine = try #require(mappedCaseMapped(path, batch: 50, pread: pread))
+        let (lib, why) = mappedCaseLibpcap(path)
+        let theirs = try #require(lib, "\(why)")
+        #expect(mine.end == .end)
+        #expect(mine.records.count == i)
+        #expect(mine.records == theirs.records)
+    }
+
+    @Test("a file cut inside a record after the first chunk ends with libpcap's truncation message", arguments: [false, true])
+    func cutAfterChunks(pread: Bool) throws {
+        var f = HandPcap()
+        for i in 0..<2000 { f.record(seconds: UInt32(i), fraction: 0, data: [UInt8](repeating: UInt8(i & 0xff), count: 1500)) }
+        f.bytes.removeLast(700)
+        let path = try f.write("cut.pcap")
+        defer { unlink(path) }
+        let mine = try #require(mappedCaseMapped(path, batch: 64, pread: pread))
+        #expect(mine.records.count == 1999)
+        #expect(mine.end == .failed("truncated dump file; tried to read 1500 captured bytes, only got 800"))
     }
 }

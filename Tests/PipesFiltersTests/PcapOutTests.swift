@@ -188,9 +188,7 @@ struct PcapOutTests {
     @Test("URing writes and reads at offsets, through io_uring and through the pread/pwrite fallback",
           arguments: [false, true])
     func uring(fallback: Bool) throws {
-        if fallback { setenv("PIPESFS_NO_IO_URING", "1", 1) }
-        let u = URing(entries: 4)
-        if fallback { unsetenv("PIPESFS_NO_IO_URING") }
+        let u = URing(entries: 4, pread: fallback)
         #expect(u.usesIOURing == !fallback, "\(u.fallbackReason ?? "")")
         let path = temporaryPath("uring")
         let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)

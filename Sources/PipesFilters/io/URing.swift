@@ -19,11 +19,11 @@ final class URing {
     private var prepared = 0
     private(set) var inFlight = 0
 
-    /// `entries`: operations in flight at most.
-    init(entries: UInt32 = 16) {
+    /// `entries`: operations in flight at most. `pread`: use the fallback (tests).
+    init(entries: UInt32 = 16, pread usePread: Bool = false) {
         self.entries = entries
-        if getenv("PIPESFS_NO_IO_URING") != nil {
-            fallbackReason = "PIPESFS_NO_IO_URING is set"
+        if usePread || getenv("PIPESFS_NO_IO_URING") != nil {
+            fallbackReason = usePread ? "asked for pread" : "PIPESFS_NO_IO_URING is set"
             return
         }
         let rc = io_uring_queue_init(entries, &ring, 0)
@@ -89,6 +89,21 @@ final class URing {
         queued.removeAll(keepingCapacity: true)
         inFlight += prepared
         prepared = 0
+    }
+
+    /// A completion if one is there (io_uring_peek_cqe), without waiting.
+    func poll() -> (tag: UInt64, result: Int32)? {
+        guard inFlight > 0 else { return nil }
+        if fallbackReason != nil {
+            inFlight -= 1
+            return done.removeFirst()
+        }
+        var cqe: UnsafeMutablePointer<io_uring_cqe>?
+        guard io_uring_peek_cqe(&ring, &cqe) == 0, let c = cqe else { return nil }
+        inFlight -= 1
+        let r = (c.pointee.user_data, c.pointee.res)
+        io_uring_cqe_seen(&ring, c)
+        return r
     }
 
     /// Waits for one completion (io_uring_wait_cqe): its tag and result (bytes, or -errno).

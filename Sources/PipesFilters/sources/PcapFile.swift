@@ -152,6 +152,9 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     // MARK: the source thread
 
     private func run() {
+        if let why = fastReader?.ioFallbackReason, IOFallbackNote.first() {
+            space?.reportError("source \(node?.name ?? "?"): io_uring unavailable (\(why)); capture files are read with pread")
+        }
         var pending = 0  // packets pushed since the last rate check
         let batchState = Batch()
         var paceStart = monotonicNanoseconds()
@@ -181,6 +184,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             let dispatcher = self.dispatcher ?? PcapDispatcher(space: space, node: node, linkType: linkType)
             self.dispatcher = dispatcher
             var n = 0
+            fastReader?.prepareIO()  // reads wait here, never under the space lock
             space.begin(batchState)
             if node.removed { space.end(); break }
             if let m = fastReader {
@@ -262,4 +266,18 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         name: "pcap", summary: "capture-file source (pcap or pcapng)",
         usage: "--source NAME=pcap:PATH[,loop][,paused][,rate=PPS]", structuralClass: .source
     ) { a throws(FilterError) in try PcapFileSource(spec: a) }
+}
+
+/// The note that capture files are read without io_uring goes to `.errors` once per process.
+enum IOFallbackNote {
+    private static let lock = ConditionLock()
+    nonisolated(unsafe) private static var noted = false
+
+    /// True the first time only.
+    static func first() -> Bool {
+        lock.withLock {
+            defer { noted = true }
+            return !noted
+        }
+    }
 }

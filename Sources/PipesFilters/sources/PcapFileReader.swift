@@ -4,20 +4,39 @@ import Glibc
 import CPcap
 import PipesRuntime
 
-/// A fast reader for classic pcap files: the file is read in large chunks (pread) into one window and records
-/// are handed to the graph in place, with none of libpcap's two `fread` calls per record. It does not map the
-/// file: a capture truncated while it is played must give an error, not SIGBUS. pcapng and anything unusual go
-/// through libpcap instead. Damage is reported the way libpcap reports it (truncated record, impossible length).
+/// A fast reader for classic pcap files: the file is read in 1 MiB chunks into two buffers, the next chunk
+/// through io_uring while the graph works on the current one (`pread` where io_uring is refused), and records are
+/// handed to the graph in place, with none of libpcap's two `fread` calls per record. It does not map the file:
+/// a capture truncated while it is played must give an error, not SIGBUS. pcapng and anything unusual go through
+/// libpcap instead. Damage is reported the way libpcap reports it (truncated record, impossible length).
+///
+/// No read waits under the space lock: `dispatch` only polls for the chunk in flight and returns early when it
+/// is not there yet; the source thread waits for it in `prepareIO`, between batches.
 final class PcapFileReader {
     enum Status { case more, end, failed(String) }
 
     private let fd: Int32
+    static let chunk = 1 << 20
+    /// Room before each chunk for the start of a record that continues in it (a record is at most 16 + 262144).
+    private static let carryRoom = 266_240
+    private let buffers: [UnsafeMutableRawPointer]
+    /// The buffer `window` lies in; the other one receives the chunk being read.
+    private var current = 0
     /// The window: file bytes [windowStart, windowStart + windowLength) at `window`.
-    private let window: UnsafeMutableRawPointer
-    private let capacity = (1 << 20) + 262_144 + 16
-    private var windowStart = 0
+    private var window: UnsafeMutableRawPointer
+    private var windowStart = 24
     private var windowLength = 0
     private var offset = 24
+    /// Where the next chunk starts in the file; whether it is being read, and its result once read.
+    private var nextRead = 24
+    private var reading = false
+    private var readResult: Int?
+    private var atEnd = false
+    /// Set when `dispatch` stopped for want of the chunk in flight: `prepareIO` waits for it.
+    private var starved = false
+    /// A read failed (EIO...): reported instead of a truncation.
+    private var readError: Int32 = 0
+    private let io: URing
     private let swapped: Bool
     private let nanoseconds: Bool
     let linkType: LinkType
@@ -32,7 +51,7 @@ final class PcapFileReader {
 
     /// Opens `path` if it is a classic pcap file this reader reads exactly as libpcap does; nil otherwise (use
     /// libpcap). `linkType` is libpcap's DLT value for the file (`pcap_datalink`); nil asks libpcap.
-    init?(path: String, linkType dlt: LinkType? = nil) {
+    init?(path: String, linkType dlt: LinkType? = nil, pread usePread: Bool = false) {
         var libpcapType = dlt
         if libpcapType == nil {
             var err = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE) + 1)
@@ -61,39 +80,72 @@ final class PcapFileReader {
         snapshot = snap == 0 || snap > 262_144 ? 262_144 : snap
         if swapped && Self.swappedPseudoHeaders.contains(lt.rawValue) { close(fd); return nil }
         self.fd = fd
-        window = .allocate(byteCount: capacity, alignment: 64)
+        buffers = (0..<2).map { _ in .allocate(byteCount: Self.carryRoom + Self.chunk, alignment: 4096) }
+        window = buffers[0] + Self.carryRoom
+        io = URing(entries: 2, pread: usePread)
         // Blocks carry libpcap's DLT value (LINKTYPE_* in the file maps to DLT_*, e.g. 100 to 11, 101 to 12).
         linkType = lt
         posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
     }
 
     deinit {
-        window.deallocate()
+        if reading && readResult == nil { _ = io.complete() }  // the kernel must be done with the buffer
+        for b in buffers { b.deallocate() }
         close(fd)
     }
 
-    func rewind() {
-        offset = 24
-        windowStart = 0
-        windowLength = 0
+    private var readFailure: String { "read error: \(String(cString: strerror(readError)))" }
+
+    /// Why reads go through `pread` (nil: io_uring).
+    var ioFallbackReason: String? { io.fallbackReason }
+
+    /// Starts reading the next chunk into the free buffer if none is in flight.
+    private func startRead() {
+        if reading || atEnd { return }
+        reading = true
+        readResult = nil
+        io.read(fd, buffers[1 - current] + Self.carryRoom, Self.chunk, at: nextRead, tag: 0)
+        io.submit()
     }
 
-    /// Makes file bytes [offset, offset + n) present in the window as far as the file has them; returns how many.
+    /// Between batches, without the space lock: starts the next read and, if `dispatch` ran out of data, waits
+    /// for it.
+    func prepareIO() {
+        startRead()
+        if starved && reading && readResult == nil { readResult = Int(io.complete().result) }
+        starved = false
+    }
+
+    /// Makes file bytes [offset, offset + n) present in the window as far as the file has them; returns how many,
+    /// or nil when they are in a chunk still being read.
     @inline(__always)
-    private func fill(_ n: Int) -> Int {
-        let end = windowStart + windowLength
-        if offset + n <= end { return n }
-        let keep = max(0, end - offset)
-        if keep > 0 && offset > windowStart { memmove(window, window + (offset - windowStart), keep) }
-        windowStart = offset
-        windowLength = keep
-        while windowLength < n {
-            let r = pread(fd, window + windowLength, capacity - windowLength, off_t(windowStart + windowLength))
-            if r < 0 && errno == EINTR { continue }
-            if r <= 0 { break }
-            windowLength += r
+    private func fill(_ n: Int) -> Int? {
+        while offset + n > windowStart + windowLength {
+            if atEnd { return windowStart + windowLength - offset }
+            startRead()
+            if readResult == nil, let c = io.poll() { readResult = Int(c.result) }
+            guard let r = readResult else { return nil }
+            if r < 0 {
+                readError = Int32(-r)
+                atEnd = true
+                reading = false
+                return windowStart + windowLength - offset
+            }
+            // Move the unread tail in front of the new chunk, and make that buffer the window.
+            let keep = windowStart + windowLength - offset
+            let next = 1 - current
+            let dest = buffers[next] + Self.carryRoom - keep
+            if keep > 0 { dest.copyMemory(from: window + (offset - windowStart), byteCount: keep) }
+            window = dest
+            windowStart = offset
+            windowLength = keep + r
+            current = next
+            nextRead += r
+            reading = false
+            readResult = nil
+            if r == 0 { atEnd = true } else { startRead() }
         }
-        return min(n, windowLength)
+        return n
     }
 
     @inline(__always)
@@ -107,9 +159,10 @@ final class PcapFileReader {
     func dispatch(space: Space, node: Unmanaged<Node>, max: Int, count: inout Int) -> Status {
         count = 0
         while count < max {
-            let have = fill(16)
-            if have == 0 { return .end }
+            guard let have = fill(16) else { starved = true; return .more }
+            if have == 0 { return readError != 0 ? .failed(readFailure) : .end }
             if have < 16 {
+                if readError != 0 { return .failed(readFailure) }
                 return .failed("truncated dump file; tried to read 16 header bytes, only got \(have)")
             }
             let sec = u32(offset), frac = u32(offset + 4), caplen = u32(offset + 8), len = u32(offset + 12)
@@ -118,8 +171,10 @@ final class PcapFileReader {
                     ? "invalid packet capture length \(caplen), bigger than snaplen of \(snapshot)"
                     : "invalid packet capture length \(caplen), bigger than maximum of \(maxCaptureLength)")
             }
-            let got = fill(16 + Int(caplen)) - 16
+            guard let filled = fill(16 + Int(caplen)) else { starved = true; return .more }
+            let got = filled - 16
             if got < Int(caplen) {
+                if readError != 0 { return .failed(readFailure) }
                 return .failed("truncated dump file; tried to read \(caplen) captured bytes, only got \(got)")
             }
             // As libpcap: a record longer than the file's snapshot length is cut to it.
