@@ -497,18 +497,20 @@ public final class DBuf: @unchecked Sendable {
     private func applyCut(_ c: UInt64) {
         if c == cut { return }
         let capacity = UInt64(capacity)
+        // A pad may sit right at the cut (after a record that ends there): keep the page above the cut.
+        let from = c &+ 4096
         if c < cut {
             // What lies above the new cut was written before index `until`: the start of this lap, or of the
-            // next if the producer is already past the cut (its pad goes there too).
+            // next if the producer is already at or past the cut (its pad goes there too).
             let offset = head & mask
             let until = head &- offset &+ (offset >= c ? capacity : 0)
             if let p = pendingRelease {
-                pendingRelease = (min(p.from, c), Int64(bitPattern: until &- p.until) > 0 ? until : p.until)
-            } else {
-                pendingRelease = (c, until)
+                pendingRelease = (min(p.from, from), Int64(bitPattern: until &- p.until) > 0 ? until : p.until)
+            } else if from < capacity {
+                pendingRelease = (from, until)
             }
         } else if let p = pendingRelease {
-            pendingRelease = c >= capacity ? nil : (max(p.from, c), p.until)
+            pendingRelease = from >= capacity ? nil : (max(p.from, from), p.until)
         }
         cut = c
         cutLog2 = c.trailingZeroBitCount
@@ -528,6 +530,12 @@ public final class DBuf: @unchecked Sendable {
         let from = neededFrom()
         guard Int64(bitPattern: from &- p.until) >= 0 else { return false }
         pendingRelease = nil
+        if policy == .drop && Int64(bitPattern: p.until &- oldest) > 0 {
+            // No reader needs what lies before `until` (a lap start, so a record boundary), but the producer
+            // walks from `oldest` when it overwrites: never through the released pages.
+            oldest = p.until
+            pipes_store_release64(f.oldest, oldest)
+        }
         return pipes_ring_release(fd, UInt64(PIPES_RING_HEADER_SIZE) + p.from, UInt64(capacity) - p.from) == 0
     }
 
