@@ -1,13 +1,14 @@
 # exec: Unix processes as filters. A capture file's raw stream through `exec=tr a-z A-Z`, `exec=grep -a ...` and
 # `exec=sh -c '...'` equals the same commands run on the stream read directly; a chain of two execs ends when the
 # last process exits; rmdir and unmount end running processes (no zombies); bad commands fail mkdir precisely.
+# Alongside, pcapout (written from its writer thread through io_uring) makes the same file as tcpdump -w.
 source "$(dirname "$0")/../lib.sh"
 CAP="$WORK/cap.pcap"
 "$PIPESFS" mkpcap "$CAP" --flows 3000 --seed 7 > /dev/null
-mount_pipes --no-rx --no-tx --source "src=pcap:$CAP,paused" --source "g=gen:size=1000,rate=200000,paused"
+mount_pipes --no-rx --no-tx --spool "$WORK" --source "src=pcap:$CAP,paused" --source "g=gen:size=1000,rate=200000,paused"
 
 mkdir "$MP/src/exec=tr a-z A-Z" "$MP/src/exec=grep -a -c HTTP" "$MP/src/exec=sh -c 'tr -d x | wc -c'"
-mkdir "$MP/src/exec=tr a-z A-Z/exec=wc -c"
+mkdir "$MP/src/exec=tr a-z A-Z/exec=wc -c" "$MP/src/pcapout=copy.pcap"
 bg cat "$MP/src/all" > "$WORK/raw"; PIDS=($LAST_PID)
 bg cat "$MP/src/exec=tr a-z A-Z/all" > "$WORK/upper"; PIDS+=($LAST_PID)
 bg cat "$MP/src/exec=grep -a -c HTTP/all" > "$WORK/grep"; PIDS+=($LAST_PID)
@@ -34,6 +35,11 @@ grep -q "^input_dropped: 0" "$MP/src/exec=tr a-z A-Z/stats" || fail "lossless in
 grep -q "^process: exited with status 0" "$MP/src/exec=tr a-z A-Z/stats" || fail "tr did not exit cleanly"
 grep -q "^stream: ended" "$MP/src/exec=tr a-z A-Z/stats" || fail "the stream of an exited process is not ended"
 ok "nothing dropped, tr exited 0, its stream ended"
+echo sync > "$MP/src/pcapout=copy.pcap/ctl"
+tcpdump -r "$CAP" -w "$WORK/tcpdump-copy.pcap" 2>/dev/null
+cmp "$WORK/tcpdump-copy.pcap" "$WORK/copy.pcap" || fail "pcapout's file differs from tcpdump -w's"
+grep -q "^io: io_uring" "$MP/src/pcapout=copy.pcap/stats" || fail "pcapout does not use io_uring: $(cat "$MP/src/pcapout=copy.pcap/stats")"
+ok "pcapout wrote what tcpdump -w writes, through io_uring"
 
 # rmdir while running: the reader gets end of file, the process is gone and reaped.
 mkdir "$MP/g/exec=cat"
