@@ -207,8 +207,9 @@ public final class Controller: @unchecked Sendable {
         return node
     }
 
-    /// A filter below a parent that produces its output from a thread of its own (`exec`: a process's stdout) is
-    /// bound to its node once placed there. Lock held.
+    /// Binds a filter to its node once placed there: one below a parent that produces its output from a thread of
+    /// its own (`exec`: a process's stdout) starts it; one that queues through the space (`pcapout`) gets it.
+    /// Lock held.
     private func bindProducer(_ filter: any Filter, to node: Node, op: String) throws(ControlError) {
         do {
             if let s = filter as? any SourceFilter { try s.attach(space: space, node: node) }
