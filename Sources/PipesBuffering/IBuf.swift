@@ -118,6 +118,9 @@ public final class IBuf: @unchecked Sendable {
     // Writer-private.
     private var count = 0
     private let cursors: UnsafeMutablePointer<UInt64>
+    /// The targets' heads as last loaded (only ever too small): the producer's head line is loaded again only
+    /// when a search reaches it, not on every splice.
+    private let heads: UnsafeMutablePointer<UInt64>
     private var lastTarget = 0
     private var unspliceable: ObjectIdentifier?
     private var snapshotGeneration: UInt64 = .max
@@ -158,6 +161,8 @@ public final class IBuf: @unchecked Sendable {
         floors.initialize(repeating: 0, count: IBuf.maxTargets)
         cursors = .allocate(capacity: IBuf.maxTargets)
         cursors.initialize(repeating: 0, count: IBuf.maxTargets)
+        heads = .allocate(capacity: IBuf.maxTargets)
+        heads.initialize(repeating: 0, count: IBuf.maxTargets)
         busy = .allocate(capacity: 1)
         busy.initialize(to: 0)
         frontier = .allocate(capacity: 1)
@@ -180,6 +185,7 @@ public final class IBuf: @unchecked Sendable {
         published.deallocate()
         floors.deallocate()
         cursors.deallocate()
+        heads.deallocate()
         busy.deallocate()
         frontier.deallocate()
         ranges.deallocate()
@@ -324,10 +330,20 @@ public final class IBuf: @unchecked Sendable {
         enterBusy()
         // Everything from the floor to the head stays put while we are busy: the hold is at or below the floor.
         let floor = pipes_load_acquire64(floors + t)
-        let head = pipes_load_acquire64(T.head)
+        var head = heads[t]
+        if head < floor || cursors[t] >= head {  // the cached head is stale for sure: reload it
+            head = pipes_load_acquire64(T.head)
+            heads[t] = head
+        }
         let from = cursors[t] >= floor && cursors[t] <= head ? cursors[t] : floor
         var found = locate(T, p, n, from: from, head: head)
-        if found == nil && from != floor { found = locate(T, p, n, from: floor, head: head) }
+        if found == nil {
+            // Past what we knew of, or behind the cursor (reordering): look again with the head reloaded.
+            head = pipes_load_acquire64(T.head)
+            heads[t] = head
+            found = locate(T, p, n, from: from, head: head)
+            if found == nil && from != floor { found = locate(T, p, n, from: floor, head: head) }
+        }
         guard let (position, offset) = found else {
             leaveBusy()
             return false
@@ -455,6 +471,7 @@ public final class IBuf: @unchecked Sendable {
             isBacking: isBacking, holdTail: hold.map { RingFields.tail($0.slot) }))
         pipes_store_release64(floors + count, start)
         cursors[count] = start
+        heads[count] = start
         owners.append(ring)
         regions.append(region)
         holds.append(hold)

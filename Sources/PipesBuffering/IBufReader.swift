@@ -32,21 +32,32 @@ public final class IBufReader: @unchecked Sendable {
     public var dropped: UInt64 { reader.dropped }
 
     /// A resolved block, valid until `consume` (for a `.drop` DBuf, until its producer overtakes it: check
-    /// `isStillValid` after using it).
+    /// `isStillValid` after using it). The metadata is read from the record when asked, like `bytes`.
     public struct Record {
         /// The region the pointer names, in place.
         public let bytes: UnsafeRawBufferPointer
         /// The rich pointer itself.
         public let pointer: RichPointer
-        /// The record's wire length, less what a region that ends before the record's end leaves out.
-        public let wireLength: Int
-        public let linkType: UInt16
-        /// Capture time in nanoseconds since the Unix epoch (0: none).
-        public let timestampNanoseconds: Int64
+        let header: UnsafePointer<pipes_rec>
+        let entryPosition: UInt64
+        let entrySequence: UInt64
+        let target: Int
         public var classValue: UInt32 { pointer.classValue }
         public var flowTag: UInt32 { pointer.flowTag }
-        let entry: DBufReader.Record
-        let target: Int
+        /// The record's wire length, less what a region that ends before the record's end leaves out.
+        public var wireLength: Int {
+            let len = Int(header.pointee.length), wire = Int(header.pointee.wire_length)
+            return Int(pointer.length) + (Int(pointer.offset) + Int(pointer.length) == len ? max(0, wire - len) : 0)
+        }
+        public var linkType: UInt16 { header.pointee.link_type }
+        /// Capture time in nanoseconds since the Unix epoch (0: none).
+        public var timestampNanoseconds: Int64 { header.pointee.timestamp_ns }
+        /// The index record in the IBuf's own ring (what `consume` moves past).
+        var entry: DBufReader.Record {
+            DBufReader.Record(bytes: UnsafeRawBufferPointer(start: nil, count: 0), classValue: 0, sequence: entrySequence,
+                              wireLength: 0, linkType: 0, timestampNanoseconds: 0, position: entryPosition,
+                              span: pipes_rec_span(UInt32(IBuf.indexSize)))
+        }
     }
 
     /// The next block, resolved without copying, or nil if there is none yet.
@@ -62,9 +73,6 @@ public final class IBufReader: @unchecked Sendable {
             let T = table[t]
             let rec = pipes_rec_at(T.data, T.mask, ix.position)!
             let len = rec.pointee.length
-            let wire = Int(rec.pointee.wire_length)
-            let link = rec.pointee.link_type
-            let stamp = rec.pointee.timestamp_ns
             if T.isDrop && !isValid(T, ix.position) {
                 skip(e)  // overwritten: what we read may be torn
                 continue
@@ -74,9 +82,8 @@ public final class IBufReader: @unchecked Sendable {
                 continue
             }
             let start = UnsafeRawPointer(rec) + MemoryLayout<pipes_rec>.size + Int(ix.offset)
-            let cut = ix.offset + ix.length == len ? max(0, wire - Int(len)) : 0
             return Record(bytes: UnsafeRawBufferPointer(start: start, count: Int(ix.length)), pointer: RichPointer(ix),
-                          wireLength: Int(ix.length) + cut, linkType: link, timestampNanoseconds: stamp, entry: e, target: t)
+                          header: UnsafePointer(rec), entryPosition: e.position, entrySequence: e.sequence, target: t)
         }
     }
 

@@ -22,6 +22,8 @@ struct SpliceBench: ParsableCommand {
     @Option(help: "How the consumer takes a block: peek (in place, touching its first and last 8 bytes) or read (copied out).")
     var consumer = "peek"
     @Option(help: "Runs per case; the best is reported (a shared machine makes single runs noisy).") var runs = 3
+    @Option(help: "threads: producer, forwarder and consumer on three threads; inline: called in turn on one thread, a batch of 64 blocks at a time (the CPU cost, without scheduling).")
+    var mode = "threads"
 
     func run() throws {
         let blockSizes = sizes.split(separator: ",").compactMap { Int($0) }
@@ -35,8 +37,9 @@ struct SpliceBench: ParsableCommand {
             throw ValidationError("--sizes: a \(big)-byte block does not fit a 2^\(ringLog2)-byte ring twice; raise --ring-log2")
         }
         guard consumer == "peek" || consumer == "read" else { throw ValidationError("--consumer: peek or read") }
-        let config = Config(ringLog2: ringLog2, indexLog2: indexLog2, read: consumer == "read")
-        print("consumer: \(consumer); source and copy rings 2^\(ringLog2) B, index ring 2^\(indexLog2) B; best of \(max(1, runs))")
+        guard mode == "threads" || mode == "inline" else { throw ValidationError("--mode: threads or inline") }
+        let config = Config(ringLog2: ringLog2, indexLog2: indexLog2, read: consumer == "read", inline: mode == "inline")
+        print("mode: \(mode); consumer: \(consumer); source and copy rings 2^\(ringLog2) B, index ring 2^\(indexLog2) B; best of \(max(1, runs))")
         print("block    copy_MB/s  splice_MB/s   copy_rec/s  splice_rec/s  spliced  splice/copy")
         for bs in blockSizes {
             let total = (bs < 4096 ? megabytes * 1_000_000 / 8 : megabytes * 1_000_000) / bs * bs
@@ -60,6 +63,7 @@ struct SpliceBench: ParsableCommand {
         let ringLog2: Int
         let indexLog2: Int
         let read: Bool
+        let inline: Bool
     }
 
     /// Outcome of one case: seconds from the first record produced to the last consumed, and the share of
@@ -73,6 +77,7 @@ struct SpliceBench: ParsableCommand {
     final class Failure: @unchecked Sendable { var message: String? }
 
     func runCase(_ bs: Int, _ records: Int, _ c: Config, splice: Bool) throws -> Result {
+        if c.inline { return try inlineCase(bs, records, c, splice: splice) }
         let source = try ring { () throws(RingError) in try DBufRegistry.shared.makeRing(sizeLog2: c.ringLog2, policy: .block, maxReaders: 4) }
         defer { DBufRegistry.shared.unregister(source) }
         prefill(source, bs)
@@ -168,6 +173,104 @@ struct SpliceBench: ParsableCommand {
             throw ValidationError("\(splice ? "splice" : "copy") case: block \(checked) of \(records) was missing or wrong")
         }
         return Result(seconds: Double(t) / 1e9, splicedShare: splice ? Double(spliced) / Double(records) : 0)
+    }
+
+    /// The three stages called in turn on this thread, 64 blocks at a time: what the cases cost in CPU.
+    func inlineCase(_ bs: Int, _ records: Int, _ c: Config, splice: Bool) throws -> Result {
+        let source = try ring { () throws(RingError) in try DBufRegistry.shared.makeRing(sizeLog2: c.ringLog2, policy: .block, maxReaders: 4) }
+        defer { DBufRegistry.shared.unregister(source) }
+        prefill(source, bs)
+        guard let src = source.attach() else { throw ValidationError("no reader slot") }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 64)
+        defer { buffer.deallocate() }
+        var checked = 0
+        var spliced: UInt64 = 0
+        let t0: Int64
+        if splice {
+            let ibuf = try ring { () throws(RingError) in try IBuf(sizeLog2: c.indexLog2, backingSizeLog2: 16) }
+            ibuf.addSource(source)
+            guard let out = ibuf.attach() else { throw ValidationError("no IBuf reader slot") }
+            t0 = monotonicNanoseconds()
+            checked = SpliceBench.inlineLoop(source, src, bs, records, c.read, buffer,
+                                             forward: { ibuf.write($0.bytes, wait: false) != .refused },
+                                             endOfBatch: { ibuf.flush() },
+                                             consume: { check in
+                                                 if c.read {
+                                                     guard let (n, _, _) = out.read(into: buffer) else { return nil }
+                                                     return check(n, buffer.baseAddress!)
+                                                 }
+                                                 guard let r = out.peek() else { return nil }
+                                                 let ok = check(r.bytes.count, r.bytes.baseAddress!)
+                                                 out.consume(r)
+                                                 return ok
+                                             })
+            spliced = ibuf.spliced
+        } else {
+            let downstream = try ring { () throws(RingError) in try DBuf(sizeLog2: c.ringLog2, policy: .block, maxReaders: 4) }
+            guard let out = downstream.attach() else { throw ValidationError("no reader slot") }
+            t0 = monotonicNanoseconds()
+            checked = SpliceBench.inlineLoop(source, src, bs, records, c.read, buffer,
+                                             forward: { r in
+                                                 downstream.write(r.bytes, classValue: r.classValue, wireLength: r.wireLength,
+                                                                  linkType: r.linkType, timestampNanoseconds: r.timestampNanoseconds,
+                                                                  wait: false)
+                                             },
+                                             endOfBatch: { downstream.flush() },
+                                             consume: { check in
+                                                 if c.read {
+                                                     guard let (n, _) = out.read(into: buffer) else { return nil }
+                                                     return check(n, buffer.baseAddress!)
+                                                 }
+                                                 guard let r = out.peek() else { return nil }
+                                                 let ok = check(r.bytes.count, r.bytes.baseAddress!)
+                                                 out.consume(r)
+                                                 return ok
+                                             })
+        }
+        let t = monotonicNanoseconds() - t0
+        guard checked == records else {
+            throw ValidationError("\(splice ? "splice" : "copy") case (inline): block \(checked) of \(records) was missing or wrong")
+        }
+        return Result(seconds: Double(t) / 1e9, splicedShare: splice ? Double(spliced) / Double(records) : 0)
+    }
+
+    /// Produces, forwards and consumes `records` blocks in batches of 64; returns how many were consumed
+    /// correctly (it stops at the first wrong one). `consume` returns nil when there is nothing to consume.
+    @inline(__always)
+    static func inlineLoop(_ source: DBuf, _ src: DBufReader, _ bs: Int, _ records: Int, _ read: Bool,
+                           _ buffer: UnsafeMutableRawBufferPointer, forward: (DBufReader.Record) -> Bool,
+                           endOfBatch: () -> Void,
+                           consume: ((Int, UnsafeRawPointer) -> Bool) -> Bool?) -> Int {
+        var produced = 0, checked = 0
+        var expected: UInt64 = 0
+        let check: (Int, UnsafeRawPointer) -> Bool = { n, p in
+            n == bs && p.load(as: UInt64.self) == expected
+                && (read || p.load(fromByteOffset: bs - 8, as: UInt64.self) == 0x0101_0101_0101_0101)
+        }
+        while checked < records {
+            var n = 0
+            while n < 64 && produced < records, let p = source.reserve(bs, wait: false) {
+                p.storeBytes(of: UInt64(produced), as: UInt64.self)
+                source.commit(bs, wireLength: bs)
+                produced += 1
+                n += 1
+            }
+            n = 0
+            while n < 64, let r = src.peek() {
+                guard forward(r) else { break }
+                src.consume(r)
+                n += 1
+            }
+            endOfBatch()
+            n = 0
+            while n < 64, let ok = consume(check) {
+                if !ok { return checked }
+                checked += 1
+                expected &+= 1
+                n += 1
+            }
+        }
+        return checked
     }
 
     /// Fills the source ring's data area once, as data already in memory (every byte 1).
