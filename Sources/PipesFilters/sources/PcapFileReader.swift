@@ -122,7 +122,8 @@ final class PcapFileReader {
     private func fill(_ n: Int) -> Int? {
         while offset + n > windowStart + windowLength {
             if atEnd { return windowStart + windowLength - offset }
-            startRead()
+            // Under the space lock only io_uring may start a read (it does not wait); pread waits for prepareIO.
+            if io.usesIOURing { startRead() }
             if readResult == nil, let c = io.poll() { readResult = Int(c.result) }
             guard let r = readResult else { return nil }
             if r < 0 {
@@ -143,7 +144,7 @@ final class PcapFileReader {
             nextRead += r
             reading = false
             readResult = nil
-            if r == 0 { atEnd = true } else { startRead() }
+            if r == 0 { atEnd = true } else if io.usesIOURing { startRead() }
         }
         return n
     }
