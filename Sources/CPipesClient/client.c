@@ -47,6 +47,7 @@ struct ring_map {
 
 struct reader {
     struct ring_map m;
+    int spin;                      /* adaptive spin budget before sleeping (see ring_wait) */
     struct pipes_ring_reader *slot;
     uint64_t tail, cached_head, next_seq, delivered, dropped;
     /* the record pipes_tap_peek handed out last */
@@ -109,6 +110,7 @@ static int claim_slot(struct reader *r) {
         r->cached_head = head;
         r->next_seq = pipes_load_acquire64(&h->producer.records);
         r->delivered = r->dropped = 0;
+        r->spin = SPINS;
         r->peeked = 0;
         r->part = 0;
         pipes_store_relaxed64(&s->records, 0);
@@ -199,7 +201,9 @@ static void ring_consume(struct reader *r) {
     r->delivered++;
     if ((r->delivered & 63) == 0) publish_counters(r);
     pipes_store_release64(&r->slot->tail, r->tail);
-    if (!r->m.drop) wake_producer(&r->m);
+    /* A producer waiting for room waits until less than half the ring is unread: only a reader that is now
+       below that can be the one it waits for (saves a system call per record from readers still far behind). */
+    if (!r->m.drop && r->cached_head - r->tail < r->m.capacity / 2) wake_producer(&r->m);
 }
 
 /* A record torn by the producer (lossy rings): counted as dropped, skipped. */
@@ -227,11 +231,17 @@ static uint64_t now_ns(void) {
    timeout bounds how late an unsignalled record is seen). */
 static void ring_wait(struct reader *r, uint64_t timeout_ns) {
     struct pipes_ring_header *h = r->m.h;
-    for (int i = 0; i < SPINS; i++) {
-        if (pipes_load_acquire64(&h->producer.head) != r->tail) return;
-        if (pipes_load_acquire32(&h->producer.closed)) return;
+    /* Spin first only while spinning pays: a wait that spinning ended doubles the budget, one that had to
+       sleep anyway halves it. With more readers than cores (fan-out), or a producer slower than its readers,
+       spinning only burns the CPU the producer needs, and the budget falls to nothing. */
+    for (int i = 0; i < r->spin; i++) {
+        if (pipes_load_acquire64(&h->producer.head) != r->tail || pipes_load_acquire32(&h->producer.closed)) {
+            r->spin = r->spin * 2 + 16 > SPINS ? SPINS : r->spin * 2 + 16;
+            return;
+        }
         pipes_cpu_relax();
     }
+    r->spin /= 2;
     uint32_t seen = pipes_load_acquire32(&h->producer.wake_seq);
     pipes_fetch_add32(&h->consumers.sleepers, 1);
     pipes_fence_seq_cst();
@@ -576,6 +586,7 @@ int pipes_mpipe(int fds[], int n, size_t ring_bytes) {
             e->r.m.capacity = e->capacity;
             e->r.m.mask = e->mask;
             e->r.m.timeout_ns = 1000000;
+            e->r.spin = SPINS;
             e->r.slot = &h->readers[e->slot];
         }
         ends[made++] = e;

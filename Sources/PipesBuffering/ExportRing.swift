@@ -54,7 +54,16 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         self.sizeLog2 = sizeLog2
         self.ringID = ringID
         self.maxReaders = maxReaders
-        ring = try DBuf(sizeLog2: sizeLog2, policy: policy == .drop ? .drop : .block, maxReaders: maxReaders, ringID: ringID)
+        ring = try ExportRing.makeRing(sizeLog2, policy, maxReaders, ringID)
+    }
+
+    /// Every batch ends with a flush (`Space.end`), which bounds the latency; the readers' timeout is only a
+    /// safety net, so it can be long and spare sleeping readers periodic wake-ups.
+    static let readerTimeoutNanoseconds: UInt64 = 20_000_000
+
+    static func makeRing(_ sizeLog2: Int, _ p: OverflowPolicy, _ maxReaders: Int, _ id: UInt64) throws(RingError) -> DBuf {
+        try DBuf(sizeLog2: sizeLog2, policy: p == .drop ? .drop : .block, maxReaders: maxReaders, threshold: 128,
+                 timeoutNanoseconds: readerTimeoutNanoseconds, ringID: id)
     }
 
     deinit {
@@ -89,7 +98,7 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
     /// Changes the policy: a new ring, and readers of the old one are told to ask again. Space lock held.
     public func setPolicy(_ p: OverflowPolicy) throws(RingError) {
         if p == policy || ended { return }
-        let fresh = try DBuf(sizeLog2: sizeLog2, policy: p == .drop ? .drop : .block, maxReaders: maxReaders, ringID: ringID)
+        let fresh = try ExportRing.makeRing(sizeLog2, p, maxReaders, ringID)
         let old = ring
         drainLock.withLock {
             ring = fresh
@@ -192,4 +201,9 @@ func monotonicNow() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+extension DBuf {
+    /// `producer.closed`: 0 open, `ringClosedEnd`, or `ringClosedReplaced`.
+    public var closedState: UInt32 { pipes_load_acquire32(f.closed) }
 }

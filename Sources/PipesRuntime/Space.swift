@@ -56,9 +56,34 @@ public final class Space: @unchecked Sendable {
     /// Releases the lock taken by `begin`.
     @inline(__always)
     public func end() {
-        if !current.exports.isEmpty { flushExports(current) }
+        if !current.exports.isEmpty { deferFlush(current) }
         current = defaultBatch
         lock.unlock()
+    }
+
+    // MARK: moderation of shared rings (§6.2)
+
+    /// How late a record published on a shared ring may be signalled. A ring signals its readers every
+    /// `threshold` records by itself; what a batch leaves unsignalled is flushed this long after the batch, by
+    /// one thread for the whole space, so a fast stream wakes its readers per threshold, not per batch.
+    public static let moderationDelayNanoseconds: UInt32 = 200_000
+    private var deferredFlushes: [ExportRing] = []
+    private let flusher = OnDemandWorker(name: "ring-flush")
+
+    /// Lock held.
+    private func deferFlush(_ b: Batch) {
+        let kick = deferredFlushes.isEmpty
+        deferredFlushes.append(contentsOf: b.exports)
+        b.exports.removeAll(keepingCapacity: true)
+        if kick { flusher.request { [self] in flushDeferred() } }
+    }
+
+    private func flushDeferred() {
+        usleep(Space.moderationDelayNanoseconds / 1000)
+        lock.withLock {
+            for x in deferredFlushes { x.flush() }
+            deferredFlushes.removeAll(keepingCapacity: true)
+        }
     }
 
     private func flushExports(_ b: Batch) {
