@@ -60,6 +60,8 @@ public final class FileWriter: @unchecked Sendable {
     /// per process, through the sink being written then.
     private var _method = "io_uring"
     private var fallbackReported = false
+    /// The fallback note, until a sink that can report it (one bound to a space) is written.
+    private var fallbackNote: String?
     public var method: String { lock.withLock { _method } }
 
     init() {}
@@ -124,13 +126,11 @@ public final class FileWriter: @unchecked Sendable {
 
     private func loop() {
         let uring = URing(entries: 16)
-        let (announce, first): (Bool, WriterSink?) = lock.withLock {
+        lock.withLock {
             _method = uring.usesIOURing ? "io_uring" : "pwrite (\(uring.fallbackReason ?? ""))"
-            defer { if !uring.usesIOURing { fallbackReported = true } }
-            return (!uring.usesIOURing && !fallbackReported, sinks.first)
-        }
-        if announce, let why = uring.fallbackReason {
-            if let s = first { report(s, "pcapout: io_uring unavailable (\(why)); files are written with pwrite") }
+            if let why = uring.fallbackReason, !fallbackReported {
+                fallbackNote = "pcapout: io_uring unavailable (\(why)); files are written with pwrite"
+            }
         }
         let buffers = (0..<2).map { _ in UnsafeMutableRawPointer.allocate(byteCount: FileWriter.chunk, alignment: 4096) }
         defer { for b in buffers { b.deallocate() } }
@@ -176,6 +176,13 @@ public final class FileWriter: @unchecked Sendable {
     /// Writes up to `passBudget` of `s`'s queue, two chunks in flight. Returns true if more is queued.
     private func drain(_ s: WriterSink, _ p: inout WriterSink.Published, _ uring: URing,
                        _ buffers: [UnsafeMutableRawPointer]) -> Bool {
+        let (note, reporter): (String?, (@Sendable (String) -> Void)?) = lock.withLock {
+            guard let n = fallbackNote, let r = s.reporter else { return (nil, nil) }
+            fallbackNote = nil
+            fallbackReported = true
+            return (n, r)
+        }
+        if let note, let reporter { reporter(note) }
         var budget = FileWriter.passBudget
         var free = [0, 1]
         var lengths = [0, 0]

@@ -152,9 +152,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     // MARK: the source thread
 
     private func run() {
-        if let why = fastReader?.ioFallbackReason, IOFallbackNote.first() {
-            space?.reportError("source \(node?.name ?? "?"): io_uring unavailable (\(why)); capture files are read with pread")
-        }
+        var noted = false  // (not before the first read: `Controller.validateSource` starts and drops sources)
         var pending = 0  // packets pushed since the last rate check
         let batchState = Batch()
         var paceStart = monotonicNanoseconds()
@@ -171,6 +169,10 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             state.unlock()
             if reopen { reopenFile(); paceStart = monotonicNanoseconds(); pending = 0 }
             guard let space, let node else { break }
+            if !noted, let why = fastReader?.ioFallbackReason, IOFallbackNote.first() {
+                space.reportError("source \(node.name): io_uring unavailable (\(why)); capture files are read with pread")
+            }
+            noted = true
             guard let h = handle else {
                 state.withLock { _finished = true; state.broadcast() }
                 space.lock.withLock { space.refresh() }
