@@ -379,6 +379,36 @@ struct IBufKeepAliveTests {
         #expect(out.delivered == 0)
     }
 
+    @Test("a ring that reallocates: indices into its old region stay valid, the hold lets the producer go, later blocks are copied")
+    func sourceReallocates() throws {
+        let ring = try dataRing(12, .block)
+        let ibuf = try IBuf(sizeLog2: 12, backingSizeLog2: 14)
+        ibuf.addSource(ring)
+        let src = try #require(ring.attach())
+        let out = try #require(ibuf.attach())
+        for i in 0..<3 {
+            put(ring, pattern(300, seed: i))
+            let r = try #require(src.peek())
+            #expect(ibuf.forward(r, from: src) == .spliced)
+            src.consume(r)
+        }
+        try ring.reallocate(sizeLog2: 13)  // the hold's slot is copied to the new region with its tail
+        for i in 3..<6 {
+            put(ring, pattern(300, seed: i))
+            let r = try #require(src.peek())  // the reader follows the ring into its new region
+            #expect(ibuf.forward(r, from: src) == .copied, "the IBuf does not know the new region")
+            src.consume(r)
+        }
+        ibuf.flush()
+        var n = 0
+        while n < 100 && put(ring, pattern(500, seed: n), wait: false) {
+            n += 1
+            _ = src.peek().map { src.consume($0) }
+        }
+        #expect(n == 100, "the old hold no longer holds the producer in the new region")
+        #expect((0..<6).compactMap { _ in take(out)?.bytes } == (0..<6).map { pattern(300, seed: $0) })
+    }
+
     static let underTSan = getenv("PIPESFS_TSAN") != nil
 
     @Test(".drop under load: a fast producer, a forwarder and a slow reader in three threads; every delivered block whole",
