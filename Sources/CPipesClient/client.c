@@ -158,7 +158,7 @@ static int ring_peek(struct reader *r, struct pipes_block *b) {
         const struct pipes_rec *rec = (const struct pipes_rec *)(m->data + (r->tail & m->mask));
         uint32_t len = rec->length;
         if (len == PIPES_REC_PAD) {
-            r->tail += m->capacity - (r->tail & m->mask);
+            r->tail += pipes_rec_pad_skip(rec, m->mask, r->tail);
             continue;
         }
         b->data = (const char *)rec + sizeof(struct pipes_rec);
@@ -235,7 +235,8 @@ static void ring_wait(struct reader *r, uint64_t timeout_ns) {
        sleep anyway halves it. With more readers than cores (fan-out), or a producer slower than its readers,
        spinning only burns the CPU the producer needs, and the budget falls to nothing. */
     for (int i = 0; i < r->spin; i++) {
-        if (pipes_load_acquire64(&h->producer.head) != r->tail || pipes_load_acquire32(&h->producer.closed)) {
+        if (pipes_load_acquire64(&h->producer.head) != r->tail || pipes_load_acquire32(&h->producer.closed)
+            || pipes_load_acquire32(&h->producer.moved)) {
             r->spin = r->spin * 2 + 16 > SPINS ? SPINS : r->spin * 2 + 16;
             return;
         }
@@ -245,7 +246,8 @@ static void ring_wait(struct reader *r, uint64_t timeout_ns) {
     uint32_t seen = pipes_load_acquire32(&h->producer.wake_seq);
     pipes_fetch_add32(&h->consumers.sleepers, 1);
     pipes_fence_seq_cst();
-    if (pipes_load_acquire64(&h->producer.head) == r->tail && !pipes_load_acquire32(&h->producer.closed)) {
+    if (pipes_load_acquire64(&h->producer.head) == r->tail && !pipes_load_acquire32(&h->producer.closed)
+        && !pipes_load_acquire32(&h->producer.moved)) {
         uint64_t t = timeout_ns < r->m.timeout_ns ? timeout_ns : r->m.timeout_ns;
         pipes_futex_wait(&h->producer.wake_seq, seen, t ? t : 1);
     }
@@ -378,6 +380,39 @@ pipes_tap *pipes_tap_open(const char *path, unsigned flags) {
 
 int pipes_tap_is_mapped(const pipes_tap *t) { return t->mapped; }
 
+/* The ring was reallocated (self-scaling, pipes_ring.h): the old region's head is final and the stream goes on
+   in a new region at the same byte indices, where the producer copied this reader's slot. Ask the daemon for
+   the new region and continue on the same slot with the same tail (or attach anew if the slot is free there:
+   this reader claimed it after the copy). */
+static int follow_move(struct pipes_tap *t) {
+    struct reader old = t->r;
+    uint32_t index = (uint32_t)(old.slot - old.m.h->readers);
+    int fd = request_ring(t);
+    if (fd < 0) return -1;
+    struct reader r = old;
+    int rc = map_ring(fd, &r.m, 0);
+    int e = errno;
+    close(fd);
+    if (rc != 0) { errno = e; return -1; }
+    if (index < r.m.h->info.max_readers
+        && pipes_load_acquire32(&r.m.h->readers[index].state) == PIPES_READER_ACTIVE) {
+        r.slot = &r.m.h->readers[index];
+        pipes_store_release32(&r.slot->pid, (uint32_t)getpid());
+        pipes_store_release64(&r.slot->tail, r.tail);
+        r.cached_head = r.tail;
+    } else if (claim_slot(&r) != 0) {
+        unmap_ring(&r.m);
+        errno = EMFILE;
+        return -1;
+    } else {
+        r.delivered = old.delivered;
+        r.dropped = old.dropped;
+    }
+    unmap_ring(&old.m);   /* its slot there is the producer's to forget: the ring went on elsewhere */
+    t->r = r;
+    return 0;
+}
+
 /* The stream moved to a new ring (policy change): read to the end of the old one, then attach again. */
 static int reattach(struct pipes_tap *t) {
     struct reader old = t->r;
@@ -421,6 +456,11 @@ int pipes_tap_peek(pipes_tap *t, struct pipes_block *b, int timeout_ms) {
     uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ns() + (uint64_t)timeout_ms * 1000000u;
     for (;;) {
         if (ring_peek(&t->r, b)) return 1;
+        if (pipes_load_acquire32(&t->r.m.h->producer.moved)) {
+            if (ring_peek(&t->r, b)) return 1;   /* the old region's head is final: read it out first */
+            if (follow_move(t) != 0) return -1;
+            continue;
+        }
         uint32_t end = ring_end(&t->r);
         if (end == PIPES_RING_CLOSED_REPLACED) {
             if (reattach(t) != 0) return -1;
@@ -669,7 +709,7 @@ ssize_t pipes_mpipe_write(int fd, const void *buf, size_t n) {
         pipes_store_release32(&h->producer.waiting_for_room, 0);
     }
     if (pad) {
-        ((struct pipes_rec *)(w->data + (w->head & w->mask)))->length = PIPES_REC_PAD;
+        pipes_rec_set_pad((struct pipes_rec *)(w->data + (w->head & w->mask)), pad);
         w->head += pad;
     }
     struct pipes_rec *rec = (struct pipes_rec *)(w->data + (w->head & w->mask));
