@@ -270,6 +270,51 @@ struct ExecTests {
         }
     }
 
+    @Test("below a lossless source, a process that does not read holds the source up; nothing is dropped")
+    func losslessHoldsUp() throws {
+        let c = Controller()
+        defer { c.shutdown() }
+        let gen = try c.addSource("g=gen:size=1000,paused")
+        let exec = try c.makeDirectory(in: gen, named: "exec=sleep 1000")
+        try c.control(gen, "start")
+        pause(nanoseconds: 500_000_000)
+        let p1 = Int(stat(c, gen, "blocks_produced") ?? "") ?? -1
+        pause(nanoseconds: 300_000_000)
+        let p2 = Int(stat(c, gen, "blocks_produced") ?? "") ?? -1
+        #expect(p1 == p2, "the source waits for the process")
+        #expect(p1 > 0 && p1 < 3000, "about the input ring's high-water mark and a pipe's worth: \(p1)")
+        #expect(stat(c, exec, "input_dropped") == "0")
+        #expect(stat(c, exec, "input_policy") == "block (lossless)")
+    }
+
+    @Test("below live capture the input is lossy: what a process does not read is dropped and counted")
+    func lossyBelowLive() throws {
+        let c = Controller()
+        defer { c.shutdown() }
+        let desc = FilterDescriptor(name: "livestub", summary: "", usage: "", structuralClass: .source) { _ throws(FilterError) in LiveStub() }
+        let src = Node(id: c.space.allocateID(), name: "live", descriptor: desc, filter: LiveStub())
+        c.space.lock.withLock {
+            c.space.attach(src, under: nil)
+            c.space.refresh()
+        }
+        let exec = try c.makeDirectory(in: src, named: "exec=sleep 1000")
+        #expect(stat(c, exec, "input_policy") == "drop (live upstream)")
+        let frame = [UInt8](repeating: 0x55, count: 1500)
+        let batch = Batch()
+        for _ in 0..<2000 {  // 3 MB: more than the 1 MiB input ring and the pipe
+            frame.withUnsafeBytes { raw in
+                var b = Block(bytes: raw, linkType: .ethernet)
+                c.space.begin(batch)
+                c.space.push(src, &b)
+                c.space.end()
+            }
+            c.space.finishBatch(batch, mayWait: false)
+        }
+        let dropped = Int(stat(c, exec, "input_dropped") ?? "") ?? -1
+        #expect(dropped > 1000 && dropped < 2000, "dropped \(dropped) of 2000")
+        #expect(Int(stat(c, exec, "input_buffered") ?? "") ?? 0 <= Exec.inputCapacity, "the ring did not grow")
+    }
+
     @Test("ctl args: a new process with the new command replaces the old one")
     func newArguments() throws {
         let c = Controller()
@@ -295,4 +340,15 @@ extension String {
         while let l = s.last, set.contains(l) { s = s.dropLast() }
         return String(s)
     }
+}
+
+/// A live source that pushes nothing by itself: the test pushes for it.
+final class LiveStub: SourceFilter {
+    var isLive: Bool { true }
+    var finished: Bool { false }
+    var linkType: LinkType { .ethernet }
+    func attach(space: Space, node: Node) throws(FilterError) {}
+    func setDemand(_ d: Bool) {}
+    func process(_ block: inout Block) -> UInt32 { 1 }
+    func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool { true }
 }
