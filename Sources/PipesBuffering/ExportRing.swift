@@ -30,7 +30,9 @@ public let ringClosedReplaced: UInt32 = 2
 /// The producer side (`append`, `flush`, `setPolicy`, `endOfStream`) runs under the space lock, like every
 /// producer of the graph. A lossless ring never makes the producer wait inside the lock: past half full it
 /// reports congestion, and the producer ends its batch and waits outside the lock (`waitUntilDrained`), as it
-/// does for FUSE taps. A lossy ring (a live source upstream) overwrites, and each reader counts its losses.
+/// does for FUSE taps. Congestion starts at a quarter of the ring, so producers that each push one more block
+/// before they notice have three quarters of room. A lossy ring (a live source upstream) overwrites, and each
+/// reader counts its losses.
 public final class ExportRing: BatchRing, @unchecked Sendable {
     /// The ring readers map now. Replaced (and the old one closed with `ringClosedReplaced`) when the policy
     /// changes. Read it under the space lock.
@@ -85,7 +87,7 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         if let b = bytes.baseAddress, bytes.count > 0 { p.copyMemory(from: b, byteCount: bytes.count) }
         r.commit(bytes.count, classValue: classValue, wireLength: wireLength, linkType: linkType,
                  timestampNanoseconds: timestampNanoseconds)
-        if policy == .block && unread(r) >= UInt64(r.capacity / 2) { return [.stored, .congested] }
+        if policy == .block && unread(r) >= UInt64(r.capacity / 4) { return [.stored, .congested] }
         return .stored
     }
 
@@ -119,6 +121,61 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         fireDrainWaiters()
     }
 
+    /// The ring readers attach to now (any thread).
+    public func currentRing() -> DBuf { drainLock.withLock { ring } }
+
+    /// True once the stream ended (until `reopen`).
+    public var isEnded: Bool { drainLock.withLock { ended } }
+
+    /// A client of the ring service asked for this ring: the stream is wanted from now on. Space lock held.
+    public var clientRequested = false
+
+    /// The stream goes on after it had ended (a capture file rewound): a new ring; readers of the old one had
+    /// their end of stream. Space lock held.
+    public func reopen() throws(RingError) {
+        if !ended { return }
+        let fresh = try ExportRing.makeRing(sizeLog2, policy, maxReaders, ringID)
+        drainLock.withLock {
+            ring = fresh
+            ended = false
+        }
+    }
+
+    // MARK: in-process readers (FUSE reads of `all`)
+
+    private let serviceLock = ConditionLock()
+    private var watched: [ObjectIdentifier: RingTap] = [:]
+    private let service = OnDemandWorker(name: "ring-taps")
+
+    /// Serves `tap`'s parked reads and poll notifier from the ring's service thread until it no longer waits.
+    func watch(_ tap: RingTap) {
+        serviceLock.withLock { watched[ObjectIdentifier(tap)] = tap }
+        service.request { [self] in serveTaps() }
+    }
+
+    /// The service thread: wakes when the producer signals the ring (moderation, like any reader), and hands
+    /// what arrived to the taps waiting for it.
+    private func serveTaps() {
+        while true {
+            let taps = serviceLock.withLock { Array(watched.values) }
+            if taps.isEmpty { return }
+            let r = currentRing()
+            let seen = pipes_load_acquire32(r.f.wakeSeq)
+            let head = pipes_load_acquire64(r.f.head)
+            for t in taps { _ = t.service() }
+            serviceLock.withLock {
+                for t in taps where !t.needsService { watched[ObjectIdentifier(t)] = nil }
+            }
+            if serviceLock.withLock({ watched.isEmpty }) { return }
+            _ = pipes_fetch_add32(r.f.sleepers, 1)
+            pipes_fence_seq_cst()
+            if pipes_load_acquire64(r.f.head) == head && r.closedState == 0 && currentRing() === r {
+                _ = pipes_futex_wait(r.f.wakeSeq, seen, ExportRing.readerTimeoutNanoseconds)
+            }
+            _ = pipes_fetch_add32(r.f.sleepers, UInt32.max)
+        }
+    }
+
     // MARK: backpressure (any thread)
 
     /// Bytes the slowest active reader has not consumed yet.
@@ -136,7 +193,7 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
 
     public var isCongested: Bool {
         let (r, p, e) = drainLock.withLock { (ring, policy, ended) }
-        return p == .block && !e && pipes_load_acquire32(r.f.closed) == 0 && unread(r) >= UInt64(r.capacity / 2)
+        return p == .block && !e && pipes_load_acquire32(r.f.closed) == 0 && unread(r) >= UInt64(r.capacity / 4)
     }
 
     public func serviceWaiters() {}
@@ -157,6 +214,9 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         }
         return true
     }
+
+    /// True while FUSE readers wait for data: a batch then signals at once instead of after the moderation delay.
+    public var hasWaitingTaps: Bool { serviceLock.withLock { !watched.isEmpty } }
 
     /// Readers that move their tail bump `consumers.room_seq` while `producer.waiting_for_room` is non-zero; a
     /// reader process that died is reclaimed. Bounded, so a missed wake-up costs at most `ns`.

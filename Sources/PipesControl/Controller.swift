@@ -475,8 +475,8 @@ public final class Controller: @unchecked Sendable {
                 ("filter", node.descriptor.name), ("path", node.path),
                 ("packets_in", "\(st.packetsIn)"), ("bytes_in", "\(st.bytesIn)"),
                 ("packets_out", "\(st.packetsOut)"), ("bytes_out", "\(st.bytesOut)"),
-                ("dropped", "\(st.tapDrops)"),
-                ("readers", "\(node.taps.count)"),
+                ("dropped", "\(node.ringTaps.reduce(st.tapDrops) { $0 &+ $1.dropped })"),
+                ("readers", "\(node.taps.count + node.ringTaps.count)"),
                 ("writers_waiting", "\(space.pendingWriteCount(node))"),
                 ("stream", node.ended ? "ended" : "open"),
             ]

@@ -117,14 +117,14 @@ final class ControlFile: OpenFile, @unchecked Sendable {
 final class TapFile: OpenFile, @unchecked Sendable {
     let tree: Tree
     let node: Node
-    let ring: TapRing?
+    let tap: RingTap?
     let writable: Bool
     let uid: UInt32
 
-    init(tree: Tree, node: Node, ring: TapRing?, writable: Bool, uid: UInt32) {
+    init(tree: Tree, node: Node, tap: RingTap?, writable: Bool, uid: UInt32) {
         self.tree = tree
         self.node = node
-        self.ring = ring
+        self.tap = tap
         self.writable = writable
         self.uid = uid
     }
@@ -133,12 +133,12 @@ final class TapFile: OpenFile, @unchecked Sendable {
 
     override func read(size: Int, offset: Int, requestID: UInt64, nonBlocking: Bool,
                         interrupted: () -> Bool = { false }, deliver: @escaping TapRing.Delivery) {
-        guard let ring else { deliver(.error(EBADF)); return }
-        ring.read(max: size, id: requestID, nonBlocking: nonBlocking, interrupted: interrupted, deliver: deliver)
+        guard let tap else { deliver(.error(EBADF)); return }
+        tap.read(max: size, id: requestID, nonBlocking: nonBlocking, interrupted: interrupted, deliver: deliver)
     }
 
     override func cancel(requestID: UInt64) {
-        ring?.cancel(id: requestID)
+        tap?.cancel(id: requestID)
         tree.space.cancelWrite(node, id: requestID)
     }
 
@@ -172,12 +172,12 @@ final class TapFile: OpenFile, @unchecked Sendable {
     }
 
     override func poll(notify: (@Sendable () -> Void)?) -> Bool {
-        guard let ring else { return true }
-        ring.setReadableNotifier(notify)
-        return ring.isReadable
+        guard let tap else { return true }
+        tap.setReadableNotifier(notify)
+        return tap.isReadable
     }
 
     override func release() {
-        if let ring { tree.closeTap(node, ring, uid: uid) }
+        if let tap { tree.closeTap(node, tap, uid: uid) }
     }
 }

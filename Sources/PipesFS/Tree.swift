@@ -73,8 +73,10 @@ public final class Tree: @unchecked Sendable {
     public var space: Space { controller.space }
     /// Owner of the root directory and of nodes created at mount time.
     public let owner: Caller
-    /// Capacity of each reader's tap ring.
-    public var tapCapacity = 4 << 20
+    /// Half the size of the shared rings made from now on (rounded up to a power of two): a reader of a lossless
+    /// stream may lag by half of this before the producer waits.
+    public var tapCapacity = 8 << 20
+    var sharedRingLog2: Int { Swift.max(13, Swift.min(30, Int.bitWidth - (tapCapacity - 1).leadingZeroBitCount + 1)) }
     /// Open taps (readers of `all` / `all.pcap`) one user may hold; each costs a ring. Root is not limited.
     public var maxTapsPerUser = 256
     /// Open taps by uid. Space lock held.
@@ -312,29 +314,38 @@ public final class Tree: @unchecked Sendable {
                         throw controller.fail("open \(n.path)/all", FSError(EACCES, "'\(n.name)' is \(what)"))
                     }
                 }
-                var ring: TapRing?
+                var tap: RingTap?
                 if reading {
+                    let file = "\(n.path)/\(k == .pcap ? "all.pcap" : "all")"
                     let held = tapsByUser[caller.uid, default: 0]
                     if caller.uid != 0 && held >= maxTapsPerUser {
-                        throw controller.fail("open \(n.path)/\(k == .pcap ? "all.pcap" : "all")",
-                                              FSError(EMFILE, "uid \(caller.uid) holds \(held) open taps (limit \(maxTapsPerUser))"))
+                        throw controller.fail("open \(file)", FSError(EMFILE, "uid \(caller.uid) holds \(held) open taps (limit \(maxTapsPerUser))"))
                     }
-                    tapsByUser[caller.uid] = held + 1
-                    // Lossless until `refresh` below gives it the policy of its stream (lossy below a live source).
-                    let tr = TapRing(capacity: tapCapacity, policy: .block)
-                    var format = TapFormat.raw
+                    // Readers share the node's ring (one copy of the stream however many read it); half of it
+                    // is how far a reader of a lossless stream may lag before the producer waits.
+                    space.sharedRingLog2 = sharedRingLog2
+                    let x: ExportRing
+                    do throws(RingError) { x = try space.exportRing(n) } catch {
+                        throw controller.fail("open \(file)", FSError(error.errno, "shared ring: \(error.message)"))
+                    }
+                    var header: [UInt8] = []
+                    var dlt: Int32 = -1
                     if k == .pcap {
                         let lt = space.streamLinkType(n) ?? .ethernet
-                        format = .pcap(lt)
+                        dlt = lt.dltValue
                         var hdr: (UInt32, UInt16, UInt16, Int32, UInt32, UInt32, UInt32) =
                             (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, lt.fileValue)
-                        _ = withUnsafeBytes(of: &hdr) { tr.append(header: nil, body: $0) }
+                        header = withUnsafeBytes(of: &hdr) { Array($0) }
                     }
-                    space.addTap(n, tr, format)
+                    guard let t = RingTap(export: x, pcapLinkType: dlt, fileHeader: header) else {
+                        throw controller.fail("open \(file)", FSError(EMFILE, "the stream has \(x.maxReaders) readers already"))
+                    }
+                    tapsByUser[caller.uid] = held + 1
+                    n.ringTaps.append(t)
                     space.refresh()
-                    ring = tr
+                    tap = t
                 }
-                return TapFile(tree: self, node: n, ring: ring, writable: writing, uid: caller.uid)
+                return TapFile(tree: self, node: n, tap: tap, writable: writing, uid: caller.uid)
             }
         }
     }
@@ -382,20 +393,26 @@ public final class Tree: @unchecked Sendable {
             throw controller.fail("map \(n.path)/all", FSError(EACCES, "uid \(caller.uid) may not read \(n.path)/all"))
         }
         let x: ExportRing
+        space.sharedRingLog2 = sharedRingLog2
         do throws(RingError) { x = try space.exportRing(n) } catch {
             throw controller.fail("map \(n.path)/all", FSError(error.errno, "shared ring: \(error.message)"))
+        }
+        if !x.clientRequested {
+            x.clientRequested = true
+            space.refresh()
         }
         let fd = fcntl(x.ring.fd, F_DUPFD_CLOEXEC, 0)
         if fd < 0 { throw FSError(errno, "dup: \(String(cString: strerror(errno)))") }
         return fd
     }
 
-    func closeTap(_ node: Node, _ ring: TapRing, uid: UInt32) {
-        ring.closeReader()
+    func closeTap(_ node: Node, _ tap: RingTap, uid: UInt32) {
+        tap.close()
         space.lock.withLock {
             let held = tapsByUser[uid, default: 1] - 1
             tapsByUser[uid] = held > 0 ? held : nil
-            space.removeTap(node, ring)
+            node.ringTaps.removeAll { $0 === tap }
+            node.countTapDrops(tap.dropped)
             space.refresh()
         }
     }

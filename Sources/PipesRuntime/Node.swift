@@ -92,12 +92,24 @@ public final class Node: @unchecked Sendable {
     var hotTaps = UnsafeMutableBufferPointer<HotTap>(start: nil, count: 0)
     /// Strong references behind `hotTaps`.
     public internal(set) var taps: [(ring: TapRing, format: TapFormat)] = []
-    /// The node's stream in a shared ring for the client library (made when a client first asks), and its
-    /// unretained view for the hot path.
-    public internal(set) var exportRing: ExportRing? {
-        didSet { hotExport = exportRing.map { Unmanaged.passUnretained($0) } }
-    }
+    /// The node's stream in a shared ring (made when the first reader opens `all` or asks through the client
+    /// library), and the hot path's unretained view of it, set only while someone reads.
+    public internal(set) var exportRing: ExportRing?
     var hotExport: Unmanaged<ExportRing>?
+    /// Open `all`/`all.pcap` files reading the shared ring. Space lock held.
+    public var ringTaps: [RingTap] = []
+
+    /// Counts records a reader lost (a closing tap hands its count to the node). Space lock held.
+    public func countTapDrops(_ n: UInt64) { counters.pointee.tapDrops &+= n }
+
+    /// Publishes into the shared ring only while it has readers (FUSE taps, or a client-library request).
+    func updateExport() {
+        if let x = exportRing, !ringTaps.isEmpty || x.clientRequested {
+            hotExport = Unmanaged.passUnretained(x)
+        } else {
+            hotExport = nil
+        }
+    }
 
     public init(id: UInt64, name: String, descriptor: FilterDescriptor, filter: any Filter,
                 selector: ClassSelector = .any, isClassSelection: Bool = false, uid: UInt32 = 0, gid: UInt32 = 0) {

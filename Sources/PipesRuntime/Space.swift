@@ -73,9 +73,12 @@ public final class Space: @unchecked Sendable {
     /// Lock held.
     private func deferFlush(_ b: Batch) {
         let kick = deferredFlushes.isEmpty
-        deferredFlushes.append(contentsOf: b.exports)
+        for x in b.exports {
+            // A parked read(2) of `all` is answered at once; other readers are signalled in batches.
+            if x.hasWaitingTaps { x.flush() } else { deferredFlushes.append(x) }
+        }
         b.exports.removeAll(keepingCapacity: true)
-        if kick { flusher.request { [self] in flushDeferred() } }
+        if kick && !deferredFlushes.isEmpty { flusher.request { [self] in flushDeferred() } }
     }
 
     private func flushDeferred() {
@@ -475,13 +478,19 @@ public final class Space: @unchecked Sendable {
         node.exportRing?.endOfStream()
     }
 
-    /// The node's shared ring for the client library, made on first use. Lock held.
+    /// Size of the shared rings made from now on (log2 bytes): half of it is the most a lossless reader may lag.
+    public var sharedRingLog2 = 24
+
+    /// The node's shared ring (FUSE readers of `all` and client-library readers), made on first use; a new one
+    /// if the stream had ended and goes on. Call `refresh()` after attaching readers. Lock held.
     public func exportRing(_ node: Node) throws(RingError) -> ExportRing {
-        if let x = node.exportRing { return x }
-        let x = try ExportRing(policy: isFedByLiveSource(node) ? .drop : .block, ringID: node.id)
+        if let x = node.exportRing {
+            if x.isEnded && !node.ended { try x.reopen() }
+            return x
+        }
+        let x = try ExportRing(policy: isFedByLiveSource(node) ? .drop : .block, sizeLog2: sharedRingLog2, ringID: node.id)
         node.exportRing = x
         if node.ended { x.endOfStream() }
-        refresh()
         return x
     }
 
@@ -546,8 +555,9 @@ public final class Space: @unchecked Sendable {
                     n.exportRing?.endOfStream()
                 }
             }
+            n.updateExport()
             if let s = n.filter as? any SourceFilter {
-                s.setDemand(!n.outputs.isEmpty || !n.taps.isEmpty || n.exportRing != nil)
+                s.setDemand(!n.outputs.isEmpty || !n.taps.isEmpty || n.hotExport != nil)
             }
         }
         // The graph changed: a parked write whose lagging reader is no longer downstream (a link removed, a

@@ -58,8 +58,8 @@ struct SharedRingTests {
             if result.value == nil { parked = result; break }
             accepted += 1
         }
-        // Half the 16 MiB ring: the ninth MiB congests it, the next write waits.
-        #expect(accepted >= 8 && accepted < 16)
+        // A quarter of the 16 MiB ring: the fifth MiB congests it, the next write waits.
+        #expect(accepted >= 4 && accepted < 12)
         let waiting = try #require(parked)
         #expect(fs.controller.space.pendingWriteCount == 1)
         var got = 0
@@ -103,7 +103,7 @@ struct SharedRingTests {
         #expect(x.ring.closedState == ringClosedEnd)
     }
 
-    @Test("a lossless ring reports congestion at half full and drains when its reader reads")
+    @Test("a lossless ring reports congestion at a quarter full and drains when its reader reads")
     func congestion() throws {
         let x = try ExportRing(policy: .block, sizeLog2: 16, ringID: 1)
         let r = try #require(x.ring.attach())
@@ -117,7 +117,7 @@ struct SharedRingTests {
             n += 1
         }
         #expect(congested && x.isCongested)
-        #expect(n > 25 && n < 40)  // 65536 / 2 / (1000 + 32 header bytes) ~ 32
+        #expect(n > 12 && n < 20)  // 65536 / 4 / (1000 + 32 header bytes) ~ 16
         let fired = Locked(false)
         #expect(x.whenDrained { fired.value = true })
         #expect(!x.waitUntilDrained(timeoutNanoseconds: 5_000_000))
