@@ -243,6 +243,15 @@ static void ring_wait(struct reader *r, uint64_t timeout_ns) {
         pipes_cpu_relax();
     }
     r->spin /= 2;
+    /* About to sleep, caught up: a producer waiting for room must not miss that this reader made it (consume
+       checks its flag without a fence, which can miss it; here, once per sleep, with one). */
+    if (!r->m.drop) {
+        pipes_fence_seq_cst();
+        if (pipes_load_acquire32(&h->producer.waiting_for_room)) {
+            pipes_fetch_add32(&h->consumers.room_seq, 1);
+            pipes_futex_wake(&h->consumers.room_seq, 0x7fffffff);
+        }
+    }
     uint32_t seen = pipes_load_acquire32(&h->producer.wake_seq);
     pipes_fetch_add32(&h->consumers.sleepers, 1);
     pipes_fence_seq_cst();

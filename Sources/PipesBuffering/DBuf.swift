@@ -603,19 +603,34 @@ public final class DBuf: @unchecked Sendable {
     /// §5.4). Byte indices are kept: the window readers still need is copied to the same indices, with the
     /// reader slots, so tails stay valid; readers in this process follow by themselves once they have read
     /// the old region to its end (`pipes_ring.h` says what a reader in another process does). Growing always
-    /// works; shrinking only when that window fits the new size without a record straddling its end (EAGAIN
-    /// otherwise: try again when readers have caught up). The ring is uncut afterwards. Producer side.
+    /// works; shrinking a `.block` ring only when that window fits the new size without a record straddling
+    /// its end (EAGAIN otherwise: try again when readers have caught up), while a `.drop` ring shrinks at once,
+    /// losing its oldest records as needed (counted by the readers as drops). The ring is uncut afterwards.
+    /// Producer side.
     public func reallocate(sizeLog2 n: Int) throws(RingError) {
         guard (12...34).contains(n) else { throw RingError(EINVAL, "ring size 2^\(n): want 2^12 to 2^34 bytes") }
         guard pipes_load_acquire32(f.closed) == 0 else { throw RingError(EINVAL, "the ring is closed") }
         if n == region.sizeLog2 && cut == UInt64(capacity) { return }
         let newCapacity = UInt64(1) << UInt64(n)
-        let lo = neededFrom()
+        let newMask = newCapacity - 1
+        var lo = neededFrom()
+        if policy == .drop && newCapacity < UInt64(capacity) {
+            // A drop ring shrinks at any time: it loses its oldest records (readers count them, as when they are
+            // overwritten) up to the first from which the rest fits without straddling a lap of the new size.
+            var i = lo
+            while i != head {
+                let r = pipes_rec_at(data, mask, i)!
+                let isPad = r.pointee.length == PIPES_REC_PAD
+                let step = isPad ? pipes_rec_pad_skip(r, mask, i) : pipes_rec_span(r.pointee.length)
+                let end = i &+ (isPad ? UInt64(PIPES_REC_ALIGN) : step)
+                if head &- i > newCapacity || (i & ~newMask) != ((end &- 1) & ~newMask) { lo = i &+ step }
+                i &+= step
+            }
+        }
         guard head &- lo <= newCapacity else {
             throw RingError(EAGAIN, "\(head &- lo) bytes are still needed: more than 2^\(n)")
         }
         // The records in [lo, head): each must lie within one lap of the new size (always so when growing).
-        let newMask = newCapacity - 1
         var runs: [(UInt64, UInt64)] = []
         var runStart = lo
         var i = lo
@@ -867,6 +882,22 @@ public final class DBufReader: @unchecked Sendable {
         nextSequence = record.sequence &+ 1
         delivered &+= 1
         if delivered & 63 == 0 { publishCounters() }  // statistics for other processes, every 64 records
+        pipes_store_release64(tailPointer, tail)
+        if isBlocking { wakeProducer() }
+    }
+
+    /// Moves past `record` without telling the producer: its bytes (and those of records consumed the same way
+    /// before it) stay valid until `publishTail()`. A reader that hands several records to one system call (a
+    /// FUSE reply gathering them) frees them together once the call copied them.
+    public func consumeDeferred(_ record: Record) {
+        tail = record.position &+ record.span
+        nextSequence = record.sequence &+ 1
+        delivered &+= 1
+    }
+
+    /// Tells the producer how far this reader got (after `consumeDeferred`).
+    public func publishTail() {
+        if delivered & 63 == 0 { publishCounters() }
         pipes_store_release64(tailPointer, tail)
         if isBlocking { wakeProducer() }
     }

@@ -33,6 +33,13 @@ public final class RingTap: @unchecked Sendable {
     private var closed = false
     private var skipped: UInt64 = 0
     private var droppedBefore: UInt64 = 0
+    /// Zero-copy reads: segments pointing into the ring (and at pcap record headers built beside it), handed to
+    /// one FUSE reply; the records are freed for the producer only after the reply copied them.
+    private static let maxSegments = 512
+    private let segments = UnsafeMutablePointer<iovec>.allocate(capacity: RingTap.maxSegments)
+    private let headers = UnsafeMutablePointer<(UInt32, UInt32, UInt32, UInt32)>.allocate(capacity: RingTap.maxSegments / 2)
+    /// Average record size seen lately: small records are copied (a segment each would cost more than a copy).
+    private var averageRecord = 65536
 
     /// Attaches to `export`'s current ring at its head. Nil when every reader slot is taken.
     public init?(export: ExportRing, pcapLinkType: Int32 = -1, fileHeader: [UInt8] = []) {
@@ -48,6 +55,8 @@ public final class RingTap: @unchecked Sendable {
     deinit {
         reader?.detach()
         buffer.deallocate()
+        segments.deallocate()
+        headers.deallocate()
     }
 
     /// Records this reader lost: overwritten on a lossy stream, or of another link type than its pcap header.
@@ -138,6 +147,19 @@ public final class RingTap: @unchecked Sendable {
     /// Delivers what there is (up to `max` bytes), or the end of the stream. False if there is nothing yet.
     private func deliverLocked(max: Int, _ deliver: Delivery) -> Bool {
         if closed { deliver(.endOfStream); return true }
+        if let r = reader, r.ring.policy == .block, averageRecord >= 1024 {
+            let (count, records) = gatherLocked(max: max)
+            if count > 0 {
+                deliver(.segments(UnsafeBufferPointer(start: segments, count: count)))
+            }
+            if records > 0 {
+                r.publishTail()
+                wakeWaitingProducer(r.ring)
+            }
+            if count > 0 { return true }
+            if atEndLocked() { deliver(.endOfStream); return true }
+            return false
+        }
         let n = fillLocked(max: max)
         if n > 0 {
             deliver(.data(UnsafeRawBufferPointer(start: buffer, count: n), UnsafeRawBufferPointer(start: nil, count: 0)))
@@ -165,6 +187,70 @@ public final class RingTap: @unchecked Sendable {
         return true
     }
 
+    /// Gathers up to `max` bytes of a lossless ring as segments in place; records are consumed without telling the
+    /// producer (`publishTail` after the reply). Returns the segment count and the records consumed.
+    private func gatherLocked(max: Int) -> (Int, Int) {
+        var count = 0
+        var n = 0
+        var records = 0
+        if !prefix.isEmpty {
+            let k = min(prefix.count, max)
+            prefix.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: k) }
+            prefix.removeFirst(k)
+            segments[0] = iovec(iov_base: buffer, iov_len: k)
+            count = 1
+            n = k
+        }
+        guard let r = reader else { return (count, 0) }
+        let pcap = pcapLinkType >= 0
+        var hdrs = 0
+        var payload = 0
+        while n < max && count < RingTap.maxSegments - 2 && hdrs < RingTap.maxSegments / 2 {
+            guard let rec = r.peek() else { break }
+            if pcap && Int32(rec.linkType) != pcapLinkType {
+                r.consumeDeferred(rec)
+                records += 1
+                skipped &+= 1
+                continue
+            }
+            let headerLength = pcap ? 16 : 0
+            let total = headerLength + rec.bytes.count
+            var off = part
+            if off < headerLength {
+                let ts = rec.timestampNanoseconds
+                headers[hdrs] = (UInt32(truncatingIfNeeded: ts / 1_000_000_000), UInt32(truncatingIfNeeded: (ts % 1_000_000_000) / 1000),
+                                 UInt32(rec.bytes.count), UInt32(truncatingIfNeeded: rec.wireLength))
+                let k = min(headerLength - off, max - n)
+                segments[count] = iovec(iov_base: UnsafeMutableRawPointer(headers + hdrs) + off, iov_len: k)
+                hdrs += 1
+                count += 1
+                n += k
+                off += k
+            }
+            if off >= headerLength && n < max {
+                let from = off - headerLength
+                let k = min(rec.bytes.count - from, max - n)
+                if k > 0 {
+                    segments[count] = iovec(iov_base: UnsafeMutableRawPointer(mutating: rec.bytes.baseAddress! + from), iov_len: k)
+                    count += 1
+                    n += k
+                    off += k
+                    payload += k
+                }
+            }
+            if off == total {
+                r.consumeDeferred(rec)
+                records += 1
+                part = 0
+            } else {
+                part = off
+                break
+            }
+        }
+        if records > 0 { averageRecord = (averageRecord * 3 + payload / records) / 4 }
+        return (count, records)
+    }
+
     /// Copies up to `max` bytes of the stream into `buffer`.
     private func fillLocked(max: Int) -> Int {
         if bufferSize < max {
@@ -182,6 +268,9 @@ public final class RingTap: @unchecked Sendable {
         guard let r = reader else { return n }
         let pcap = pcapLinkType >= 0
         var hdr: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
+        var records = 0
+        let first = n
+        defer { if records > 0 { averageRecord = (averageRecord * 3 + (n - first) / records) / 4 } }
         while n < max {
             guard let rec = r.peek() else { break }
             if pcap && Int32(rec.linkType) != pcapLinkType {
@@ -216,12 +305,24 @@ public final class RingTap: @unchecked Sendable {
             }
             if off == total {
                 r.consume(rec)
+                records += 1
                 part = 0
             } else {
                 part = off
                 break
             }
         }
+        if n > 0 { wakeWaitingProducer(r.ring) }
         return n
+    }
+
+    /// A producer waiting for room sleeps until a reader bumps `room_seq`. `consume` checks for it without a
+    /// fence (cheap per record, but it can miss the producer's flag); once per read(2), with a full fence, no
+    /// wake-up is missed, so the producer never sleeps out its timeout while this reader drains the ring.
+    private func wakeWaitingProducer(_ ring: DBuf) {
+        pipes_fence_seq_cst()
+        if pipes_load_acquire32(ring.f.roomFlag) == 0 { return }
+        _ = pipes_fetch_add32(ring.f.roomSeq, 1)
+        _ = pipes_futex_wake(ring.f.roomSeq, Int32.max)
     }
 }

@@ -2,12 +2,26 @@
 import Glibc
 #endif
 
-/// What a tap reader is handed: up to two contiguous segments of the ring (it may wrap), end of stream, or an errno.
-/// The pointers are valid only for the duration of the delivery call.
+/// What a tap reader is handed: up to two contiguous segments of the ring (it may wrap), a list of segments (blocks
+/// gathered in place from a shared ring), end of stream, or an errno. The pointers are valid only for the duration
+/// of the delivery call.
 public enum ReadOutcome {
     case data(UnsafeRawBufferPointer, UnsafeRawBufferPointer)
+    case segments(UnsafeBufferPointer<iovec>)
     case endOfStream
     case error(Int32)
+
+    /// The bytes delivered, copied (tests, and readers that want one buffer).
+    public var bytes: [UInt8] {
+        switch self {
+        case .data(let a, let b): return Array(a) + Array(b)
+        case .segments(let v):
+            var out: [UInt8] = []
+            for s in v where s.iov_len > 0 { out += UnsafeRawBufferPointer(start: s.iov_base, count: s.iov_len) }
+            return out
+        case .endOfStream, .error: return []
+        }
+    }
 }
 
 /// What happens to a record that does not fit because the reader lags.

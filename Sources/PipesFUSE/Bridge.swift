@@ -145,6 +145,8 @@ func reply(_ req: fuse_req_t?, _ outcome: ReadOutcome) {
                 _ = fuse_reply_iov(req, p.baseAddress!.assumingMemoryBound(to: iovec.self), 2)
             }
         }
+    case .segments(let v):
+        _ = fuse_reply_iov(req, v.baseAddress, Int32(v.count))
     case .endOfStream:
         fuse_reply_buf(req, nil, 0)
     case .error(let e):

@@ -16,6 +16,7 @@ enum Got: Equatable, CustomStringConvertible, DeliveryCopy {
     init(_ o: ReadOutcome) {
         switch o {
         case .data(let a, let b): self = .data(Array(a) + Array(b), firstSegment: a.count, secondSegment: b.count)
+        case .segments: self = .data(o.bytes, firstSegment: o.bytes.count, secondSegment: 0)
         case .endOfStream: self = .end
         case .error(let e): self = .error(e)
         }

@@ -20,7 +20,7 @@ enum Got: Equatable, CustomStringConvertible, DeliveryCopy {
 
     init(_ o: ReadOutcome) {
         switch o {
-        case .data(let a, let b): self = .data(Array(a) + Array(b))
+        case .data, .segments: self = .data(o.bytes)
         case .endOfStream: self = .end
         case .error(let e): self = .error(e)
         }

@@ -381,6 +381,11 @@ public final class Exec: SourceFilter, @unchecked Sendable {
                     if let p = a.baseAddress { buf.copyMemory(from: p, byteCount: a.count) }
                     if let p = b.baseAddress { (buf + a.count).copyMemory(from: p, byteCount: b.count) }
                     n = a.count + b.count
+                case .segments(let v):  // not from a TapRing; handled for completeness
+                    for s in v where s.iov_len > 0 {
+                        (buf + n).copyMemory(from: s.iov_base!, byteCount: min(s.iov_len, Exec.readSize - n))
+                        n += min(s.iov_len, Exec.readSize - n)
+                    }
                 case .endOfStream: ended = true
                 case .error: break  // EAGAIN: nothing buffered
                 }
