@@ -310,6 +310,7 @@ public final class Tree: @unchecked Sendable {
                     }
                     if n.filter is any SourceFilter && !(n.filter is LiveSource) {
                         let what = n.filter is PcapFileSource ? "a capture-file source; its stream comes from the file"
+                            : n.descriptor.name == "exec" ? "a process (exec); its stream is what the process writes"
                             : "a \(n.descriptor.name) source; its stream comes from the source"
                         throw controller.fail("open \(n.path)/all", FSError(EACCES, "'\(n.name)' is \(what)"))
                     }

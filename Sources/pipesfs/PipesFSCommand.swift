@@ -157,7 +157,7 @@ struct Umount: ParsableCommand {
 struct Filters: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List the filters mkdir can create.")
     func run() {
-        for d in FilterLibrary.filters {
+        for d in FilterLibrary.filters + FilterLibrary.processes {
             print("\(d.name.padding(9)) \(d.summary)\n          usage: \(d.usage)")
         }
         print("\nsources (--source NAME=SCHEME:SPEC):")
