@@ -16,6 +16,7 @@ public final class IBufReader: @unchecked Sendable {
     private var known = 0
     private var last = 0
     private var sinceUpdate = 0
+    private var bytesSinceUpdate: UInt64 = 0
     /// Blocks delivered (consumed), and indices skipped because a `.drop` ring overwrote what they named.
     public private(set) var delivered: UInt64 = 0
     public private(set) var lost: UInt64 = 0
@@ -101,9 +102,13 @@ public final class IBufReader: @unchecked Sendable {
         let T = table[record.target]
         guard T.holdTail != nil else { return }
         sinceUpdate += 1
-        // Move the holds every 32 blocks, and every 4 while the ring's producer waits for room.
-        if sinceUpdate >= 32 || (sinceUpdate >= 4 && pipes_load_acquire32(T.roomFlag) != 0) {
+        bytesSinceUpdate &+= UInt64(record.pointer.length)
+        // Move the holds every 32 blocks or 1/16 of the ring's bytes (large blocks fill a ring in a few dozen),
+        // and every 4 blocks while the ring's producer waits for room.
+        if sinceUpdate >= 32 || bytesSinceUpdate >= T.capacity >> 4
+            || (sinceUpdate >= 4 && pipes_load_acquire32(T.roomFlag) != 0) {
             sinceUpdate = 0
+            bytesSinceUpdate = 0
             ibuf.updateHolds(blocking: false)
         }
     }
