@@ -38,8 +38,9 @@
  *   Reallocation. The producer moves the ring to a new region (a new memfd) of another power-of-two size and
  *   copies the window still needed ([slowest tail, head) for BLOCK, [max(oldest, slowest tail), head) for
  *   DROP) to the same byte indices there, with the reader slots (state, tail, counters, pid). Growing always
- *   works (records never straddle a multiple of the new size); shrinking only when that window fits without
- *   straddling. Then it sets producer.moved in the old region (after head's last store, with release order)
+ *   works (records never straddle a multiple of the new size); shrinking a BLOCK ring only when that window
+ *   fits without straddling; a DROP ring shrinks by moving `oldest` past the records that do not fit.
+ *   Then it sets producer.moved in the old region (after head's last store, with release order)
  *   and writes only the new one. A reader of the old region reads on up to its (now final) head; when it
  *   finds nothing more and moved set, it continues in the new region on the same slot index with its tail.
  *   In-process readers follow by themselves. A reader in another process must get the new region from the
