@@ -91,6 +91,14 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         return .stored
     }
 
+    /// True if a reader sleeps on the ring now. The head was published before this (with a full fence here):
+    /// a reader that goes to sleep later sees it first and does not sleep, so with no sleeper now nobody needs a
+    /// wake-up for what was published. Space lock held.
+    public var hasSleepers: Bool {
+        pipes_fence_seq_cst()
+        return pipes_load_acquire32(ring.f.sleepers) != 0
+    }
+
     /// Wakes sleeping readers (end of a batch). Space lock held.
     public func flush() {
         pendingFlush = false

@@ -74,8 +74,13 @@ public final class Space: @unchecked Sendable {
     private func deferFlush(_ b: Batch) {
         let kick = deferredFlushes.isEmpty
         for x in b.exports {
-            // A parked read(2) of `all` is answered at once; other readers are signalled in batches.
-            if x.hasWaitingTaps { x.flush() } else { deferredFlushes.append(x) }
+            if !x.hasSleepers {
+                x.pendingFlush = false  // nobody to wake: readers that sleep later see what was published
+            } else if x.hasWaitingTaps {
+                x.flush()  // a parked read(2) of `all` is answered at once
+            } else {
+                deferredFlushes.append(x)  // other readers are signalled in batches
+            }
         }
         b.exports.removeAll(keepingCapacity: true)
         if kick && !deferredFlushes.isEmpty { flusher.request { [self] in flushDeferred() } }
