@@ -45,6 +45,8 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
     public private(set) var refused: UInt64 = 0
     /// Set while the ring is in the current batch's flush list. Space lock held.
     public var pendingFlush = false
+    /// The slowest reader's tail as last computed (producer side, space lock held).
+    private var cachedMinTail: UInt64 = 0
     private var ended = false
 
     private let drainLock = ConditionLock()
@@ -87,7 +89,16 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         if let b = bytes.baseAddress, bytes.count > 0 { p.copyMemory(from: b, byteCount: bytes.count) }
         r.commit(bytes.count, classValue: classValue, wireLength: wireLength, linkType: linkType,
                  timestampNanoseconds: timestampNanoseconds)
-        if policy == .block && unread(r) >= UInt64(r.capacity / 4) { return [.stored, .congested] }
+        if policy == .block {
+            // Tails only move forward, so a slowest tail computed earlier is never too far ahead: scan the
+            // reader slots (a cache line each) only when that stale figure says the ring may be congested.
+            let head = pipes_load_relaxed64(r.f.head)
+            let limit = UInt64(r.capacity / 4)
+            if head &- cachedMinTail >= limit {
+                cachedMinTail = head &- unread(r)
+                if head &- cachedMinTail >= limit { return [.stored, .congested] }
+            }
+        }
         return .stored
     }
 
@@ -114,6 +125,7 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
             ring = fresh
             policy = p
         }
+        cachedMinTail = 0
         pipes_store_release32(old.f.closed, ringClosedReplaced)
         pipes_fence_seq_cst()
         _ = pipes_fetch_add32(old.f.wakeSeq, 1)
@@ -147,6 +159,7 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
             ring = fresh
             ended = false
         }
+        cachedMinTail = 0
     }
 
     // MARK: in-process readers (FUSE reads of `all`)
