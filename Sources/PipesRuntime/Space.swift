@@ -73,11 +73,12 @@ public final class Space: @unchecked Sendable {
     /// Lock held.
     private func deferFlush(_ b: Batch) {
         let kick = deferredFlushes.isEmpty
+        let waiting = !b.congested.isEmpty  // the producer will wait for readers: they must run now
         for x in b.exports {
             if !x.hasSleepers {
                 x.pendingFlush = false  // nobody to wake: readers that sleep later see what was published
-            } else if x.hasWaitingTaps {
-                x.flush()  // a parked read(2) of `all` is answered at once
+            } else if waiting || x.hasWaitingTaps {
+                x.flush()  // a producer about to wait, or a parked read(2) of `all`: wake readers at once
             } else {
                 deferredFlushes.append(x)  // other readers are signalled in batches
             }
