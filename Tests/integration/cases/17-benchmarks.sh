@@ -16,3 +16,16 @@ echo "$out"
 [ "$(echo "$out" | grep -cE '^ +(1048576|131072) ')" = 2 ] || fail "expected a row per read size"
 awk '$3 == "fuse.pipesfs" && $2 ~ /pipesfs-bench/' /proc/mounts | grep -q . && fail "bench tap left a mount behind"
 ok "bench tap read every byte through a FUSE mount and unmounted"
+
+# `bench scale`, `bench splice` and `bench fanout` run end to end and move every byte (they fail otherwise).
+out=$("$PIPESFS" bench scale --megabytes 4 --runs 1 --sizes 1M,64K,4K)
+echo "$out"
+[ "$(echo "$out" | grep -cE '^ +(1M|64K|4K) ')" = 3 ] || fail "bench scale: expected a row per size"
+out=$("$PIPESFS" bench splice --megabytes 16 --runs 1 --sizes 256,65536)
+echo "$out"
+[ "$(echo "$out" | grep -cE '^ +(256|65536) ')" = 2 ] || fail "bench splice: expected a row per size"
+out=$("$PIPESFS" bench fanout --megabytes 40 --readers 1,3)
+echo "$out"
+[ "$(echo "$out" | grep -cE '^(mapped|fuse) ')" = 4 ] || fail "bench fanout: expected four rows"
+awk '$3 == "fuse.pipesfs" && $2 ~ /pipesfs-fanout/' /proc/mounts | grep -q . && fail "bench fanout left a mount behind"
+ok "bench scale, splice and fanout moved every byte"
