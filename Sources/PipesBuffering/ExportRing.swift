@@ -65,9 +65,23 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
     /// safety net, so it can be long and spare sleeping readers periodic wake-ups.
     static let readerTimeoutNanoseconds: UInt64 = 20_000_000
 
+    /// The most a shared ring grows to (deck-cut, §5.4): the region is mapped at this size, pages materialise
+    /// only when the cut reaches them.
+    static let maxLog2 = 26
+
+    /// A ring that uses `1 << sizeLog2` bytes and grows by deck-cut when a producer overshoots (a wrap would
+    /// overwrite what a reader has not read), up to 64 MiB, then shrinks back after quiet laps: lossless
+    /// streams are not refused a block when several producers each push one past the congestion mark.
     static func makeRing(_ sizeLog2: Int, _ p: OverflowPolicy, _ maxReaders: Int, _ id: UInt64) throws(RingError) -> DBuf {
-        try DBuf(sizeLog2: sizeLog2, policy: p == .drop ? .drop : .block, maxReaders: maxReaders, threshold: 128,
-                 timeoutNanoseconds: readerTimeoutNanoseconds, ringID: id)
+        let mapped = Swift.max(sizeLog2, maxLog2)
+        return try DBuf(sizeLog2: mapped, policy: p == .drop ? .drop : .block, maxReaders: maxReaders, threshold: 128,
+                        timeoutNanoseconds: readerTimeoutNanoseconds, ringID: id, cutLog2: sizeLog2,
+                        scaling: RingScaling(method: .deckCut, minLog2: sizeLog2, maxLog2: mapped, quietLaps: 2))
+    }
+
+    /// Where congestion starts: a quarter of the part of the ring in use (its deck-cut). Any thread.
+    private static func congestionLimit(_ r: DBuf) -> UInt64 {
+        (UInt64(1) << UInt64(pipes_load_acquire32(r.f.cutLog2))) / 4
     }
 
     deinit {
@@ -92,11 +106,13 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         if policy == .block {
             // Tails only move forward, so a slowest tail computed earlier is never too far ahead: scan the
             // reader slots (a cache line each) only when that stale figure says the ring may be congested.
+            // The index distance to a stale slowest tail is an upper bound of what is unread (it also counts the
+            // parts of deck-cut laps that pads skip): only when it reaches the limit is the exact figure needed.
             let head = pipes_load_relaxed64(r.f.head)
-            let limit = UInt64(r.capacity / 4)
+            let limit = ExportRing.congestionLimit(r)
             if head &- cachedMinTail >= limit {
-                cachedMinTail = head &- unread(r)
-                if head &- cachedMinTail >= limit { return [.stored, .congested] }
+                cachedMinTail = minTail(r)
+                if UInt64(r.unreadBytes) >= limit { return [.stored, .congested] }
             }
         }
         return .stored
@@ -199,8 +215,8 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
 
     // MARK: backpressure (any thread)
 
-    /// Bytes the slowest active reader has not consumed yet.
-    private func unread(_ r: DBuf) -> UInt64 {
+    /// The slowest active reader's tail (the head if there is none).
+    private func minTail(_ r: DBuf) -> UInt64 {
         let head = pipes_load_acquire64(r.f.head)
         var m = head
         for i in 0..<r.maxReaders {
@@ -209,12 +225,13 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
             let t = pipes_load_acquire64(RingFields.tail(s))
             if head &- t > head &- m { m = t }
         }
-        return head &- m
+        return m
     }
 
     public var isCongested: Bool {
         let (r, p, e) = drainLock.withLock { (ring, policy, ended) }
-        return p == .block && !e && pipes_load_acquire32(r.f.closed) == 0 && unread(r) >= UInt64(r.capacity / 4)
+        return p == .block && !e && pipes_load_acquire32(r.f.closed) == 0
+            && UInt64(r.unreadBytes) >= ExportRing.congestionLimit(r)
     }
 
     public func serviceWaiters() {}

@@ -517,7 +517,10 @@ struct DBufAutoScalingTests {
         #expect(eventually(within: 10) { report.value != nil })
         let r = try #require(report.value)
         #expect(r.inBounds)
-        #expect(r.grows > 0 && r.shrinks > 0, "grows \(r.grows), shrinks \(r.shrinks)")
+        // It grows under the slow bursts; whether a fast phase lasts the quiet laps a shrink needs depends on
+        // the scheduler (a loaded machine may never give it one), so shrinking is checked deterministically
+        // in the single-thread tests above, not here.
+        #expect(r.grows > 0, "grows \(r.grows), shrinks \(r.shrinks)")
         #expect(c.isConsistent && c.count == total, "\(c.problems)")
     }
 }
