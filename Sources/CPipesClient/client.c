@@ -274,6 +274,9 @@ struct pipes_tap {
     struct sockaddr_un addr;
     socklen_t addr_len;
     unsigned long long node;
+    /* The connection the ring came over, kept open as the lease: the daemon's end closes when the daemon
+       goes away, however it goes (a ring's `closed` word is never set by a daemon killed with SIGKILL). */
+    int sock;
     /* fallback: the file, and one read(2)'s worth as the current block */
     int fd;
     char *buffer;
@@ -282,7 +285,7 @@ struct pipes_tap {
     uint64_t fallback_blocks;
 };
 
-/* Asks the daemon for the node's ring; returns the memfd or -1 (errno). */
+/* Asks the daemon for the node's ring; returns the memfd or -1 (errno). The connection becomes t->sock. */
 static int request_ring(struct pipes_tap *t) {
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0) return -1;
@@ -305,8 +308,12 @@ static int request_ring(struct pipes_tap *t) {
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(c), sizeof fd);
     }
+    if (strncmp(reply, "ok", 2) == 0 && fd >= 0) {
+        if (t->sock >= 0) close(t->sock);
+        t->sock = s;
+        return fd;
+    }
     close(s);
-    if (strncmp(reply, "ok", 2) == 0 && fd >= 0) return fd;
     if (fd >= 0) close(fd);
     int e = 0;
     if (sscanf(reply, "error %d", &e) != 1 || e <= 0) e = EPROTO;
@@ -352,10 +359,21 @@ static int parse_ring_xattr(struct pipes_tap *t, const char *path) {
     return 0;
 }
 
+/* True once the daemon that gave us the ring is gone (its end of the lease closed). */
+static int daemon_gone(struct pipes_tap *t) {
+    if (t->sock < 0) return 0;
+    struct pollfd p = {t->sock, POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    char c;
+    ssize_t n = recv(t->sock, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
+}
+
 pipes_tap *pipes_tap_open(const char *path, unsigned flags) {
     struct pipes_tap *t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->fd = -1;
+    t->sock = -1;
     if (!(flags & PIPES_TAP_NO_MAP) && parse_ring_xattr(t, path) == 0) {
         if (attach_mapped(t) == 0) {
             t->mapped = 1;
@@ -363,6 +381,9 @@ pipes_tap *pipes_tap_open(const char *path, unsigned flags) {
         }
         /* A refusal by the daemon is the answer (the filesystem would refuse the same); anything else
            (no daemon support, no mapping) falls back to the filesystem. */
+        int e0 = errno;
+        if (t->sock >= 0) { close(t->sock); t->sock = -1; }
+        errno = e0;
         if (errno == EACCES || errno == EPERM || errno == ENOENT || errno == EMFILE) {
             int e = errno;
             free(t);
@@ -476,6 +497,10 @@ int pipes_tap_peek(pipes_tap *t, struct pipes_block *b, int timeout_ms) {
             continue;
         }
         if (end) return 0;
+        if (daemon_gone(t)) {   /* killed or crashed: the ring will never move or close */
+            errno = ECONNRESET;
+            return -1;
+        }
         uint64_t now = now_ns();
         if (now >= deadline) { errno = EAGAIN; return -1; }
         ring_wait(&t->r, deadline == UINT64_MAX ? 1000000000u : deadline - now);
@@ -542,6 +567,7 @@ void pipes_tap_close(pipes_tap *t) {
         unmap_ring(&t->r.m);
     }
     if (t->fd >= 0) close(t->fd);
+    if (t->sock >= 0) close(t->sock);
     free(t->buffer);
     free(t);
 }

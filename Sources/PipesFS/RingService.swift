@@ -16,6 +16,14 @@ public final class RingService: @unchecked Sendable {
     public let name: String
     private let tree: Tree
     private var listener: Int32 = -1
+    /// Written once to stop the service thread (a self-pipe: poll has no other way to be interrupted).
+    private var stopPipe: [Int32] = [-1, -1]
+    /// Connections of attached clients, kept open as their lease: when the daemon goes away, however it goes,
+    /// the kernel closes them and a waiting client sees it (a ring's `closed` word alone would never be set by
+    /// a daemon killed with SIGKILL). Service thread only. At most `maxLeases`; beyond, a client still gets
+    /// its ring but no lease.
+    private var leases: [Int32] = []
+    static let maxLeases = 1024
     private let thread = JoinableThread()
     private let stopLock = ConditionLock()
     private var stopping = false
@@ -44,6 +52,14 @@ public final class RingService: @unchecked Sendable {
             close(s)
             throw FSError(e, "ring service: bind @\(name): \(String(cString: strerror(e)))")
         }
+        var p: [Int32] = [0, 0]
+        if pipe(&p) != 0 {
+            let e = errno
+            close(s)
+            throw FSError(e, "ring service: pipe: \(String(cString: strerror(e)))")
+        }
+        for f in p { _ = fcntl(f, F_SETFD, FD_CLOEXEC) }
+        stopPipe = p
         listener = s
         tree.ringServiceName = name
         thread.start(name: "ring-service") { [self] in serve() }
@@ -57,9 +73,15 @@ public final class RingService: @unchecked Sendable {
         }
         if s < 0 { return }
         tree.ringServiceName = nil
-        shutdown(s, Int32(SHUT_RDWR))
-        _ = thread.join(timeoutNanoseconds: 2_000_000_000)
-        close(s)
+        var b: UInt8 = 1
+        _ = write(stopPipe[1], &b, 1)
+        if thread.join(timeoutNanoseconds: 2_000_000_000) {
+            for c in leases { close(c) }
+            leases = []
+            close(s)
+            close(stopPipe[0])
+            close(stopPipe[1])
+        }
     }
 
     static func address(_ name: String) -> (sockaddr_un, socklen_t) {
@@ -75,23 +97,45 @@ public final class RingService: @unchecked Sendable {
     }
 
     private func serve() {
+        var fds: [pollfd] = []
         while true {
-            let c = accept(listener, nil, nil)
-            if c < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if stopLock.withLock({ stopping }) { return }
-                if errno == EMFILE || errno == ENFILE { usleep(10_000); continue }
+            fds.removeAll(keepingCapacity: true)
+            fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
+            fds.append(pollfd(fd: stopPipe[0], events: Int16(POLLIN), revents: 0))
+            for c in leases { fds.append(pollfd(fd: c, events: Int16(POLLIN), revents: 0)) }
+            let n = poll(&fds, nfds_t(fds.count), -1)
+            if n < 0 {
+                if errno == EINTR { continue }
                 return
             }
-            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            handle(c)
-            close(c)
+            if fds[1].revents != 0 || stopLock.withLock({ stopping }) { return }
+            // A lease ends when its client closes it (or sends anything: the protocol has one request).
+            var ended: [Int32] = []
+            for p in fds.dropFirst(2) where p.revents != 0 { ended.append(p.fd) }
+            if !ended.isEmpty {
+                for c in ended { close(c) }
+                leases.removeAll { ended.contains($0) }
+            }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                let c = accept(listener, nil, nil)
+                if c < 0 {
+                    if errno == EMFILE || errno == ENFILE { usleep(10_000) }
+                    continue
+                }
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                if handle(c) && leases.count < RingService.maxLeases {
+                    leases.append(c)
+                } else {
+                    close(c)
+                }
+            }
         }
     }
 
     /// One request: a line in, a line (and maybe a descriptor) out. A client that does not send its line within
-    /// a second is dropped, so none can hold up the others.
-    private func handle(_ c: Int32) {
+    /// a second is dropped, so none can hold up the others. True when the client got its ring (keep the
+    /// connection as its lease).
+    private func handle(_ c: Int32) -> Bool {
         var tv = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -99,12 +143,12 @@ public final class RingService: @unchecked Sendable {
         struct PeerCredentials { var pid: Int32 = 0; var uid: UInt32 = 0; var gid: UInt32 = 0 }
         var cred = PeerCredentials()
         var clen = socklen_t(MemoryLayout<PeerCredentials>.size)
-        guard getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 else { return }
+        guard getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 else { return false }
         var buf = [UInt8](repeating: 0, count: 128)
         var got = 0
         while got < buf.count {
             let n = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress! + got, $0.count - got, 0) }
-            if n <= 0 { return }
+            if n <= 0 { return false }
             got += n
             if buf[..<got].contains(10) { break }
         }
@@ -112,7 +156,7 @@ public final class RingService: @unchecked Sendable {
         let parts = line.split(separator: " ")
         guard parts.count == 2, parts[0] == "attach", let id = UInt64(parts[1]) else {
             reply(c, "error \(EPROTO) expected 'attach NODE'\n", fd: -1)
-            return
+            return false
         }
         let who = Caller(uid: cred.uid, gid: cred.gid)
         let groups = RingService.supplementaryGroups(pid: cred.pid)
@@ -120,8 +164,10 @@ public final class RingService: @unchecked Sendable {
             let fd = try tree.sharedRing(node: id, caller: who, groups: groups)
             reply(c, "ok\n", fd: fd)
             close(fd)
+            return true
         } catch {
             reply(c, "error \(error.errno) \(error.message)\n", fd: -1)
+            return false
         }
     }
 

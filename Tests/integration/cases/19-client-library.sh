@@ -93,3 +93,17 @@ ok "unmount ends mapped readers"
 # 7. The multiway pipe across fork: one writer, 4 readers, every byte checked by each.
 "$WORK/c/mpipe" 4 50000 700 | grep -q "every reader got every byte" || fail "mpipe"
 ok "mpipe: 4 reader processes got every byte"
+
+# 8. A daemon killed with SIGKILL never closes its rings; a mapped reader notices through its lease (the
+#    connection the ring came over) and fails with ECONNRESET instead of waiting for ever.
+mount_pipes --no-rx --no-tx --source "g=gen:size=1000,count=10,paused"
+bg "$TAPCAT" -q "$MP/g/all"; pr=$LAST_PID
+sleep 0.5
+kill -0 "$pr" || fail "the reader did not wait"
+kill -9 "$DAEMON_PID"
+wait_for 10 "! kill -0 $pr 2>/dev/null" || fail "a mapped reader still waits for a daemon killed with SIGKILL"
+set +e; wait "$pr"; st=$?; set -e
+[ "$st" != 0 ] || fail "the reader exited 0 after its daemon was killed"
+fusermount3 -u -z "$MP" 2>/dev/null || true
+DAEMON_PID=""
+ok "a mapped reader fails (ECONNRESET) when its daemon is killed"
