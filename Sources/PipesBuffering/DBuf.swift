@@ -333,6 +333,14 @@ public final class DBuf: @unchecked Sendable {
                     cachedMinTail = minTail()
                 }
             }
+            // Ask for the lines a few records ahead while this side is busy with this one: known free (behind the
+            // slowest tail by a lap), so no reader is reading them. Their previous lap is in the readers' caches;
+            // without the hint each new line's ownership transfer stalls the producer's stores.
+            let ahead = head &+ need &+ DBuf.prefetchDistance
+            if ahead &+ 64 &- cachedMinTail <= UInt64(capacity) {
+                pipes_prefetch_write(data + Int(ahead & mask))
+                pipes_prefetch_write(data + Int((ahead &+ 64) & mask))
+            }
         case .drop:
             if scaling.method == .reallocate && head &+ need &- cachedMinTail > UInt64(capacity)
                 && cutLog2 < scaling.maxLog2 {
@@ -462,11 +470,26 @@ public final class DBuf: @unchecked Sendable {
     /// other side usually moves within microseconds, and a futex round trip costs more than that.
     static let spins = 4000
 
+    /// How far ahead of its position each side asks for cache lines (bytes).
+    static let prefetchDistance: UInt64 = 2048
+    /// A reader that waited takes a batch of this many bytes if the producer publishes them within `batchSpins`.
+    static let readBatch: UInt64 = 1024
+    static let batchSpins = 48
+
     private func waitForRoom(_ need: UInt64) {
         flush()  // readers asleep must see what is there, or nobody makes room
-        for _ in 0..<DBuf.spins {
+        // Hysteresis: a producer that found the ring full spins until a quarter ring more than this record is
+        // free, not just the record. Resuming at the first free record would make producer and reader move in
+        // lock step, one shared-line transfer of the reader's tail (and, asleep, one wake-up) per record; with a
+        // quarter of headroom the producer then writes a quarter ring on its cached tail. Spinning only: once
+        // the spin is over, room for the record is enough (a reader that stopped reading costs no extra wait).
+        // Each look at a reader's tail takes its line away from the reader, whose next tail store then stalls on
+        // getting it back (behind that store, all its later stores wait too): look every 8 pauses (~0.25 µs on
+        // current x86), not every pause, over the same spin time.
+        let want = need &+ min(quarter, UInt64(capacity) &- need)
+        for i in 0..<DBuf.spins {
             pipes_cpu_relax()
-            if head &+ need &- minTail() <= UInt64(capacity) { return }
+            if i & 7 == 7 && head &+ want &- minTail() <= UInt64(capacity) { return }
         }
         reclaimDeadReaders()
         let seqPtr = f.roomSeq
@@ -759,6 +782,8 @@ public final class DBufReader: @unchecked Sendable {
     public private(set) var delivered: UInt64 = 0
     public private(set) var dropped: UInt64 = 0
     private var detached = false
+    /// `tail` when this reader last woke a producer waiting for room (moderation of those wake-ups).
+    private var wokeProducerAt: UInt64 = 0
 
     /// Called with the ring's lock held, the slot claimed.
     init(ring: DBuf, region: RingRegion, slotIndex: Int) {
@@ -822,6 +847,26 @@ public final class DBufReader: @unchecked Sendable {
 
     /// The next record, without copying, or nil if there is none yet.
     public func peek() -> Record? {
+        // Fast path (a `.block` ring, a record already known to be there): no reload, no validation.
+        if isBlocking && tail != cachedHead {
+            let rec = pipes_rec_at(data, mask, tail)!
+            let len = rec.pointee.length
+            if len != PIPES_REC_PAD { return record(rec, len) }
+        }
+        return peekSlow()
+    }
+
+    @inline(__always)
+    private func record(_ rec: UnsafeMutablePointer<pipes_rec>, _ len: UInt32) -> Record {
+        Record(bytes: UnsafeRawBufferPointer(start: UnsafeRawPointer(rec) + MemoryLayout<pipes_rec>.size, count: Int(len)),
+               classValue: rec.pointee.class_value, sequence: rec.pointee.sequence,
+               wireLength: Int(rec.pointee.wire_length), linkType: rec.pointee.link_type,
+               timestampNanoseconds: rec.pointee.timestamp_ns,
+               position: tail, span: pipes_rec_span(len))
+    }
+
+    @inline(never)
+    private func peekSlow() -> Record? {
         let isDrop = !isBlocking
         while true {
             // The producer's head is reloaded only when what we knew of is used up: one shared cache line
@@ -848,12 +893,7 @@ public final class DBufReader: @unchecked Sendable {
                 tail &+= skip
                 continue
             }
-            let record = Record(
-                bytes: UnsafeRawBufferPointer(start: UnsafeRawPointer(rec) + MemoryLayout<pipes_rec>.size, count: Int(len)),
-                classValue: rec.pointee.class_value, sequence: rec.pointee.sequence,
-                wireLength: Int(rec.pointee.wire_length), linkType: rec.pointee.link_type,
-                timestampNanoseconds: rec.pointee.timestamp_ns,
-                position: tail, span: pipes_rec_span(len))
+            let record = record(rec, len)
             if isDrop {
                 // The header may have been overwritten while we read it: validate, else resync and retry.
                 if !isValid(tail) { continue }
@@ -911,6 +951,26 @@ public final class DBufReader: @unchecked Sendable {
     /// Copies the next record into `buffer` (up to its size) and moves past it. Returns the record's length
     /// (it may exceed what was copied), or nil if there is none yet.
     public func read(into buffer: UnsafeMutableRawBufferPointer) -> (length: Int, classValue: UInt32)? {
+        if isBlocking {
+            // Fast path of a `.block` ring: copy straight from the record header's fields, no `Record` built.
+            if tail == cachedHead { cachedHead = pipes_load_acquire64(headPointer) }
+            if tail != cachedHead {
+                let rec = pipes_rec_at(data, mask, tail)!
+                let len = rec.pointee.length
+                if len != PIPES_REC_PAD {
+                    let n = min(Int(len), buffer.count)
+                    if n > 0 { buffer.baseAddress!.copyMemory(from: UnsafeRawPointer(rec) + MemoryLayout<pipes_rec>.size, byteCount: n) }
+                    let classValue = rec.pointee.class_value
+                    nextSequence = rec.pointee.sequence &+ 1
+                    tail &+= pipes_rec_span(len)
+                    delivered &+= 1
+                    if delivered & 63 == 0 { publishCounters() }
+                    pipes_store_release64(tailPointer, tail)
+                    wakeProducer()
+                    return (Int(len), classValue)
+                }
+            }
+        }
         while true {
             guard let rec = peek() else { return nil }
             let n = min(rec.bytes.count, buffer.count)
@@ -940,11 +1000,31 @@ public final class DBufReader: @unchecked Sendable {
     public func wait(timeoutNanoseconds: UInt64? = nil) {
         let timeoutNanoseconds = timeoutNanoseconds ?? ring.timeoutNanoseconds
         let headPtr = headPointer
-        for _ in 0..<DBuf.spins {
-            if pipes_load_acquire64(headPtr) != tail { return }
+        // A reader that caught up and takes each record as soon as it is published reads lines the producer is
+        // still writing (records do not end on line boundaries): each such line changes hands twice. While the
+        // producer keeps publishing, wait a few spins more for a batch of `readBatch` bytes (at most
+        // `batchSpins`: an isolated record is not held back beyond that).
+        var movedAt = -1
+        for i in 0..<DBuf.spins {
+            let h = pipes_load_acquire64(headPtr)
+            if h != tail {
+                if h &- tail >= DBuf.readBatch { return }
+                if movedAt < 0 { movedAt = i } else if i &- movedAt >= DBuf.batchSpins { return }
+            }
             pipes_cpu_relax()
         }
+        if movedAt >= 0 { return }
         let f = region.f
+        if isBlocking {
+            // About to sleep: a producer waiting for room must not miss what this reader consumed (`consume`
+            // checks its flag without a fence and moderates its wake-ups); here, once per sleep, with a fence.
+            pipes_fence_seq_cst()
+            if pipes_load_acquire32(roomFlag) != 0 {
+                wokeProducerAt = tail
+                _ = pipes_fetch_add32(f.roomSeq, 1)
+                _ = pipes_futex_wake(f.roomSeq, Int32.max)
+            }
+        }
         let seqPtr = f.wakeSeq
         let seen = pipes_load_acquire32(seqPtr)
         _ = pipes_fetch_add32(f.sleepers, 1)
@@ -990,12 +1070,26 @@ public final class DBufReader: @unchecked Sendable {
 
     /// No fence between our tail store and this load (it would cost a full barrier per record): in the rare
     /// interleaving where the producer misses the new tail and this reader misses its flag, the producer's
-    /// bounded futex wait (1 ms) covers it; the producer spins before it sleeps, so that is rare.
+    /// bounded futex wait (1 ms) covers it, and `wait` checks the flag with a fence before this reader sleeps.
+    ///
+    /// Moderated like the producer's wake-ups (§6.2): while the flag stays set, this reader wakes the producer
+    /// at most once per eighth of the ring it consumes. The flag is a count of waiters (`ExportRing` adds its
+    /// own), so it cannot be claimed; without the moderation, every record consumed until a woken producer ran
+    /// again (on a loaded machine, thousands) cost a futex system call on a shared mapping (`get_futex_key`
+    /// pins the page each time). A producer that went back to sleep meanwhile waits at most until this reader
+    /// has consumed another eighth of a ring that was full (or its 1 ms timeout).
     @inline(__always)
     private func wakeProducer() {
         if pipes_load_acquire32(roomFlag) == 0 { return }
+        wakeProducerSlow()
+    }
+
+    @inline(never)
+    private func wakeProducerSlow() {
+        if tail &- wokeProducerAt < (mask &+ 1) >> 3 { return }
+        wokeProducerAt = tail
         _ = pipes_fetch_add32(region.f.roomSeq, 1)
-        _ = pipes_futex_wake(region.f.roomSeq, 1)
+        _ = pipes_futex_wake(region.f.roomSeq, Int32.max)
     }
 }
 

@@ -272,6 +272,68 @@ struct DBufModerationTests {
     }
 }
 
+@Suite("DBuf waiting for room")
+struct DBufRoomTests {
+    @Test("a producer waiting on a full ring resumes when one record is read, though it would like a quarter ring")
+    func oneRecordIsEnough() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block)
+        let r = try #require(ring.attach())
+        var n = 0
+        while put(ring, [UInt8](repeating: UInt8(n & 0xFF), count: 100), wait: false) { n += 1 }
+        let done = Locked<Int64?>(nil)
+        startThread(name: "producer") {
+            put(ring, [UInt8](repeating: 0xEE, count: 100))  // waits for room
+            done.value = monotonicNanoseconds()
+        }
+        pause(nanoseconds: 20_000_000)  // the producer is asleep by now
+        #expect(done.value == nil)
+        #expect(take(r)?.bytes.first == 0)
+        let t0 = monotonicNanoseconds()
+        #expect(eventually(within: 5) { done.value != nil })
+        #expect((done.value ?? .max) - t0 < 1_000_000_000, "room for the record is enough once the spin is over")
+        for i in 1..<n { #expect(take(r)?.bytes.first == UInt8(i & 0xFF)) }
+        #expect(take(r)?.bytes.first == 0xEE)
+    }
+
+    @Test("read's fast path and peek take turns across pads and laps: every record whole, in order, with its class")
+    func readAndPeekAlternate() throws {
+        let ring = try DBuf(sizeLog2: 12, policy: .block)
+        let r = try #require(ring.attach())
+        let total = 30000
+        startThread(name: "producer") {
+            for i in 0..<total {
+                let len = 8 + (i * 37) % 300
+                var b = [UInt8](repeating: UInt8(i & 0xFF), count: len)
+                b.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(i), as: UInt32.self) }
+                put(ring, b, classValue: UInt32(i % 5 + 1))
+            }
+            ring.close()
+        }
+        var expected = 0
+        var bad = 0
+        var buf = [UInt8](repeating: 0, count: 512)
+        while !r.isAtEnd {
+            let len = 8 + (expected * 37) % 300
+            if expected % 2 == 0 {
+                guard let (n, c) = buf.withUnsafeMutableBytes({ r.read(into: $0) }) else { r.wait(); continue }
+                let v = buf.withUnsafeBytes { $0.load(as: UInt32.self) }
+                if n != len || c != UInt32(expected % 5 + 1) || v != UInt32(expected) || buf[n - 1] != UInt8(expected & 0xFF) { bad += 1 }
+            } else {
+                guard let rec = r.peek() else { r.wait(); continue }
+                let v = rec.bytes.loadUnaligned(as: UInt32.self)
+                if rec.bytes.count != len || rec.classValue != UInt32(expected % 5 + 1) || v != UInt32(expected)
+                    || rec.sequence != UInt64(expected) { bad += 1 }
+                r.consume(rec)
+            }
+            expected += 1
+            if expected % 3000 == 0 { pause(nanoseconds: 2_000_000) }  // let the producer fill the ring and sleep
+        }
+        #expect(bad == 0)
+        #expect(expected == total)
+        #expect(r.delivered == UInt64(total))
+    }
+}
+
 @Suite("DBuf drop rings under load")
 struct DBufDropLoadTests {
     /// The reader copies records the producer may be overwriting at that moment and throws such copies away:

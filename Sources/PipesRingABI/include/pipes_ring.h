@@ -59,7 +59,10 @@
  * and calls FUTEX_WAKE once `threshold` records were published since the last wake-up, or at the end of a
  * batch (a flush), which bounds the latency. A BLOCK producer waiting for room sets
  * producer.waiting_for_room, re-checks, and sleeps on consumers.room_seq, which a reader bumps after moving
- * its tail.
+ * its tail. That direction is moderated too: a reader need not bump room_seq for every record it consumes
+ * while the flag stays set (the Swift reader bumps it once per eighth of the ring, the client library while it
+ * is less than half the ring behind), but every reader bumps it, after a full fence, before it sleeps itself.
+ * A missed wake-up therefore costs at most the sleeper's bounded wait (the ring's timeout; 1 ms for a producer).
  */
 #ifndef PIPES_RING_H
 #define PIPES_RING_H
@@ -174,6 +177,10 @@ static inline int pipes_cas32(uint32_t *p, uint32_t expected, uint32_t desired) 
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 static inline void pipes_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/* Cache hints, no semantics: a producer asks for lines it will write soon (only within room it knows is free,
+   never lines a reader may still be reading), a reader for lines of records already published. */
+static inline void pipes_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
+static inline void pipes_prefetch_read(const void *p) { __builtin_prefetch(p, 0, 3); }
 
 /* The record at byte index `position` of a ring whose data area is `data` with mask `mask`. */
 static inline struct pipes_rec *pipes_rec_at(void *data, uint64_t mask, uint64_t position) {
