@@ -283,14 +283,22 @@ struct pipes_tap {
     size_t buffered, offset;
     int fallback_peeked;
     uint64_t fallback_blocks;
+    /* lossy rings: a block that does not fit a read whole is copied out and validated first (the producer
+       may overwrite the rest of it before the next read); its remainder is served from here */
+    char *carry;
+    size_t carry_len, carry_off, carry_cap;
 };
 
-/* Asks the daemon for the node's ring; returns the memfd or -1 (errno). The connection becomes t->sock. */
-static int request_ring(struct pipes_tap *t) {
+/* Asks the daemon for the node's ring; returns the memfd or -1 (errno). The connection becomes t->sock. The
+   daemon claims a reader slot for us at the stream's head before it answers (`ok SLOT SEQUENCE`): nothing
+   published after that is lost while we map the ring. *slot is -1 if the answer names none. */
+static int request_ring(struct pipes_tap *t, long *slot, unsigned long long *sequence) {
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0) return -1;
     if (connect(s, (struct sockaddr *)&t->addr, t->addr_len) != 0) goto fail;
     char req[64];
+    struct timeval tv = {5, 0};  /* a daemon that does not answer in 5 s is not going to */
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     int n = snprintf(req, sizeof req, "attach %llu\n", t->node);
     if (send(s, req, (size_t)n, MSG_NOSIGNAL) != n) goto fail;
     char reply[256];
@@ -309,6 +317,12 @@ static int request_ring(struct pipes_tap *t) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(c), sizeof fd);
     }
     if (strncmp(reply, "ok", 2) == 0 && fd >= 0) {
+        *slot = -1;
+        long sl;
+        unsigned long long sq;
+        if (sscanf(reply, "ok %ld %llu", &sl, &sq) == 2 && sl >= 0) { *slot = sl; *sequence = sq; }
+        struct timeval none = {0, 0};
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
         if (t->sock >= 0) close(t->sock);
         t->sock = s;
         return fd;
@@ -326,15 +340,35 @@ fail:;
     return -1;
 }
 
+/* Takes over the slot the daemon claimed for this process: its tail is where our stream starts. */
+static int adopt_slot(struct reader *r, long slot, unsigned long long sequence) {
+    struct pipes_ring_header *h = r->m.h;
+    if (slot < 0 || (uint32_t)slot >= h->info.max_readers
+        || pipes_load_acquire32(&h->readers[slot].state) != PIPES_READER_ACTIVE) return -1;
+    struct pipes_ring_reader *s = &h->readers[slot];
+    r->slot = s;
+    r->tail = pipes_load_acquire64(&s->tail);
+    r->cached_head = r->tail;
+    r->next_seq = sequence;
+    r->delivered = r->dropped = 0;
+    r->spin = SPINS;
+    r->peeked = 0;
+    r->part = 0;
+    pipes_store_release32(&s->pid, (uint32_t)getpid());
+    return 0;
+}
+
 static int attach_mapped(struct pipes_tap *t) {
-    int fd = request_ring(t);
+    long slot = -1;
+    unsigned long long sequence = 0;
+    int fd = request_ring(t, &slot, &sequence);
     if (fd < 0) return -1;
     struct reader r = {0};
     int rc = map_ring(fd, &r.m, 0);
     int e = errno;
     close(fd);
     if (rc != 0) { errno = e; return -1; }
-    if (claim_slot(&r) != 0) {
+    if (adopt_slot(&r, slot, sequence) != 0 && claim_slot(&r) != 0) {
         unmap_ring(&r.m);
         errno = EMFILE;
         return -1;
@@ -384,7 +418,8 @@ pipes_tap *pipes_tap_open(const char *path, unsigned flags) {
         int e0 = errno;
         if (t->sock >= 0) { close(t->sock); t->sock = -1; }
         errno = e0;
-        if (errno == EACCES || errno == EPERM || errno == ENOENT || errno == EMFILE) {
+        /* EACCES: the daemon maps rings only for its own user and root; the filesystem decides for others. */
+        if (errno == ENOENT || errno == EMFILE) {
             int e = errno;
             free(t);
             errno = e;
@@ -417,7 +452,9 @@ int pipes_tap_is_mapped(const pipes_tap *t) { return t->mapped; }
 static int follow_move(struct pipes_tap *t) {
     struct reader old = t->r;
     uint32_t index = (uint32_t)(old.slot - old.m.h->readers);
-    int fd = request_ring(t);
+    long claimed = -1;
+    unsigned long long sequence = 0;
+    int fd = request_ring(t, &claimed, &sequence);
     if (fd < 0) return -1;
     struct reader r = old;
     int rc = map_ring(fd, &r.m, 0);
@@ -430,6 +467,12 @@ static int follow_move(struct pipes_tap *t) {
         pipes_store_release32(&r.slot->pid, (uint32_t)getpid());
         pipes_store_release64(&r.slot->tail, r.tail);
         r.cached_head = r.tail;
+        /* the daemon also claimed a slot for this request: ours was copied, give that one back */
+        if (claimed >= 0 && (uint32_t)claimed != index && (uint32_t)claimed < r.m.h->info.max_readers)
+            pipes_store_release32(&r.m.h->readers[claimed].state, PIPES_READER_FREE);
+    } else if (adopt_slot(&r, claimed, sequence) == 0) {
+        r.delivered = old.delivered;
+        r.dropped = old.dropped;
     } else if (claim_slot(&r) != 0) {
         unmap_ring(&r.m);
         errno = EMFILE;
@@ -531,6 +574,12 @@ ssize_t pipes_tap_read(pipes_tap *t, void *buf, size_t n) {
         return read(t->fd, buf, n);
     }
     size_t got = 0;
+    if (t->carry_off < t->carry_len) {
+        size_t k = t->carry_len - t->carry_off < n ? t->carry_len - t->carry_off : n;
+        memcpy(buf, t->carry + t->carry_off, k);
+        t->carry_off += k;
+        got = k;
+    }
     struct pipes_block b;
     while (got < n) {
         int rc = pipes_tap_peek(t, &b, got ? 0 : -1);
@@ -541,6 +590,23 @@ ssize_t pipes_tap_read(pipes_tap *t, void *buf, size_t n) {
             return -1;
         }
         uint32_t part = t->r.part;
+        if (t->r.m.drop && part == 0 && b.length > n - got) {
+            if (t->carry_cap < b.length) {
+                char *c = realloc(t->carry, b.length);
+                if (!c) { if (got) break; errno = ENOMEM; return -1; }
+                t->carry = c;
+                t->carry_cap = b.length;
+            }
+            memcpy(t->carry, b.data, b.length);
+            if (!ring_valid(&t->r)) { ring_discard_torn(&t->r); continue; }
+            ring_consume(&t->r);
+            size_t k = n - got;
+            memcpy((char *)buf + got, t->carry, k);
+            t->carry_len = b.length;
+            t->carry_off = k;
+            got += k;
+            break;
+        }
         size_t k = b.length - part < n - got ? b.length - part : n - got;
         memcpy((char *)buf + got, (const char *)b.data + part, k);
         if (!ring_valid(&t->r)) {              /* torn: this record is lost; drop what we copied of it */
@@ -569,6 +635,7 @@ void pipes_tap_close(pipes_tap *t) {
     if (t->fd >= 0) close(t->fd);
     if (t->sock >= 0) close(t->sock);
     free(t->buffer);
+    free(t->carry);
     free(t);
 }
 
@@ -781,6 +848,12 @@ ssize_t pipes_mpipe_read(int fd, void *buf, size_t n) {
         if (!ring_peek(&e->r, &b)) {
             if (got) break;
             if (ring_end(&e->r)) break;
+            /* a writer that died never closes the ring: end of stream, as a pipe whose writers are gone */
+            uint32_t w = pipes_load_acquire32(last_writer(e->h));
+            if (process_gone(w ? w : e->creator)) {
+                if (!ring_peek(&e->r, &b)) break;
+                continue;
+            }
             ring_wait(&e->r, 1000000000u);
             continue;
         }

@@ -95,6 +95,7 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
     @inline(__always)
     public func append(_ bytes: UnsafeRawBufferPointer, classValue: UInt32, wireLength: Int, linkType: UInt16,
                        timestampNanoseconds: Int64) -> AppendResult {
+        if ended { return [] }  // a stream that ended takes no more (a rewind opens a new ring: `reopen`)
         let r = ring
         guard let p = r.reserve(bytes.count, wait: false) else {
             refused &+= 1
@@ -155,6 +156,19 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         drainLock.withLock { ended = true }
         ring.close()
         fireDrainWaiters()
+        finishTaps()
+    }
+
+    /// Answers what waits on the ring now (parked reads get their data, then end of stream; poll notifiers
+    /// fire) on this thread, and waits until the service thread is idle: after the stream ended nothing
+    /// answers a FUSE request later (unmount destroys the session right after).
+    private func finishTaps() {
+        let taps = serviceLock.withLock { Array(watched.values) }
+        for t in taps { _ = t.service() }
+        serviceLock.withLock {
+            for t in taps where !t.needsService { watched[ObjectIdentifier(t)] = nil }
+        }
+        service.waitIdle()
     }
 
     /// The ring readers attach to now (any thread).
@@ -176,6 +190,31 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
             ended = false
         }
         cachedMinTail = 0
+    }
+
+    /// Claims a reader slot of the current ring for a reader in another process (`pid`), at the head: the
+    /// stream is held for it from now on, before it has even mapped the ring (a demand-driven source started for
+    /// it cannot run ahead of it). Returns the slot and the sequence number of the next record. Space lock held.
+    public func claimSlot(pid: UInt32) -> (slot: Int, sequence: UInt64)? {
+        let r = ring
+        for i in 0..<r.maxReaders {
+            let s = r.f.slots + i
+            guard pipes_cas32(RingFields.state(s), PIPES_READER_FREE.rawValue, PIPES_READER_ACTIVE.rawValue) != 0 else { continue }
+            let head = pipes_load_acquire64(r.f.head)
+            pipes_store_relaxed64(RingFields.records(s), 0)
+            pipes_store_relaxed64(RingFields.dropped(s), 0)
+            pipes_store_release32(RingFields.pid(s), pid)
+            pipes_store_release64(RingFields.tail(s), head)
+            return (i, pipes_load_acquire64(r.f.records))
+        }
+        return nil
+    }
+
+    /// Frees a slot `claimSlot` gave out (a client that could not use it).
+    public func releaseSlot(_ i: Int) {
+        let r = ring
+        guard i >= 0 && i < r.maxReaders else { return }
+        pipes_store_release32(RingFields.state(r.f.slots + i), PIPES_READER_FREE.rawValue)
     }
 
     // MARK: in-process readers (FUSE reads of `all`)

@@ -40,6 +40,11 @@ public final class RingTap: @unchecked Sendable {
     private let headers = UnsafeMutablePointer<(UInt32, UInt32, UInt32, UInt32)>.allocate(capacity: RingTap.maxSegments / 2)
     /// Average record size seen lately: small records are copied (a segment each would cost more than a copy).
     private var averageRecord = 65536
+    /// On a lossy ring a record is never left half-delivered in the ring (the producer may overwrite the rest
+    /// before the next read): one that does not fit a read whole is copied out, validated, and its remainder
+    /// served from here.
+    private var carry: [UInt8] = []
+    private var carryOffset = 0
 
     /// Attaches to `export`'s current ring at its head. Nil when every reader slot is taken.
     public init?(export: ExportRing, pcapLinkType: Int32 = -1, fileHeader: [UInt8] = []) {
@@ -116,7 +121,7 @@ public final class RingTap: @unchecked Sendable {
     /// True when a read would not block now.
     public var isReadable: Bool {
         lock.withLock {
-            if closed || !prefix.isEmpty { return true }
+            if closed || !prefix.isEmpty || carryOffset < carry.count { return true }
             guard let r = reader else { return true }
             if r.peek() != nil { return true }
             return atEndLocked()
@@ -132,7 +137,7 @@ public final class RingTap: @unchecked Sendable {
             if !deliverLocked(max: p.max, p.deliver) { break }
             parked.removeFirst()
         }
-        if notifier != nil, closed || !prefix.isEmpty || reader?.peek() != nil || atEndLocked() {
+        if notifier != nil, closed || !prefix.isEmpty || carryOffset < carry.count || reader?.peek() != nil || atEndLocked() {
             fire = notifier
             notifier = nil
         }
@@ -265,6 +270,13 @@ public final class RingTap: @unchecked Sendable {
             prefix.removeFirst(k)
             n = k
         }
+        if carryOffset < carry.count && n < max {
+            let k = min(carry.count - carryOffset, max - n)
+            carry.withUnsafeBytes { (buffer + n).copyMemory(from: $0.baseAddress! + carryOffset, byteCount: k) }
+            carryOffset += k
+            n += k
+            if carryOffset == carry.count { carry.removeAll(keepingCapacity: true); carryOffset = 0 }
+        }
         guard let r = reader else { return n }
         let pcap = pcapLinkType >= 0
         var hdr: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
@@ -281,6 +293,29 @@ public final class RingTap: @unchecked Sendable {
             let start = n
             let headerLength = pcap ? 16 : 0
             let total = headerLength + rec.bytes.count
+            if r.ring.policy == .drop && total > max - n {
+                // Whole into the carry buffer, validated, then served from there.
+                carry.removeAll(keepingCapacity: true)
+                carryOffset = 0
+                if pcap {
+                    let ts = rec.timestampNanoseconds
+                    hdr = (UInt32(truncatingIfNeeded: ts / 1_000_000_000), UInt32(truncatingIfNeeded: (ts % 1_000_000_000) / 1000),
+                           UInt32(rec.bytes.count), UInt32(truncatingIfNeeded: rec.wireLength))
+                    withUnsafeBytes(of: &hdr) { carry.append(contentsOf: $0) }
+                }
+                carry.append(contentsOf: rec.bytes)
+                if !r.isStillValid(rec) {  // overwritten while copied: lost
+                    carry.removeAll(keepingCapacity: true)
+                    continue
+                }
+                r.consume(rec)
+                records += 1
+                let k = max - n
+                carry.withUnsafeBytes { (buffer + n).copyMemory(from: $0.baseAddress!, byteCount: k) }
+                carryOffset = k
+                n += k
+                break
+            }
             var off = part
             if off < headerLength {
                 let ts = rec.timestampNanoseconds

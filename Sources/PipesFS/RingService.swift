@@ -20,10 +20,9 @@ public final class RingService: @unchecked Sendable {
     private var stopPipe: [Int32] = [-1, -1]
     /// Connections of attached clients, kept open as their lease: when the daemon goes away, however it goes,
     /// the kernel closes them and a waiting client sees it (a ring's `closed` word alone would never be set by
-    /// a daemon killed with SIGKILL). Service thread only. At most `maxLeases`; beyond, a client still gets
-    /// its ring but no lease.
+    /// a daemon killed with SIGKILL). Service thread only. At most `maxLeases` clients (EMFILE beyond).
     private var leases: [Int32] = []
-    static let maxLeases = 1024
+    static let maxLeases = 4096
     private let thread = JoinableThread()
     private let stopLock = ConditionLock()
     private var stopping = false
@@ -123,7 +122,10 @@ public final class RingService: @unchecked Sendable {
                     continue
                 }
                 _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-                if handle(c) && leases.count < RingService.maxLeases {
+                if leases.count >= RingService.maxLeases {
+                    reply(c, "error \(EMFILE) \(RingService.maxLeases) clients are attached; read through the filesystem\n", fd: -1)
+                    close(c)
+                } else if handle(c) {
                     leases.append(c)
                 } else {
                     close(c)
@@ -146,7 +148,13 @@ public final class RingService: @unchecked Sendable {
         guard getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 else { return false }
         var buf = [UInt8](repeating: 0, count: 128)
         var got = 0
+        // One second for the whole line, not per recv: a client dribbling bytes cannot hold the service.
+        let deadline = monotonicNanoseconds() + 1_000_000_000
         while got < buf.count {
+            let left = deadline - monotonicNanoseconds()
+            if left <= 0 { return false }
+            var t = timeval(tv_sec: Int(left / 1_000_000_000), tv_usec: Int(left % 1_000_000_000 / 1000))
+            setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &t, socklen_t(MemoryLayout<timeval>.size))
             let n = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress! + got, $0.count - got, 0) }
             if n <= 0 { return false }
             got += n
@@ -161,9 +169,9 @@ public final class RingService: @unchecked Sendable {
         let who = Caller(uid: cred.uid, gid: cred.gid)
         let groups = RingService.supplementaryGroups(pid: cred.pid)
         do throws(FSError) {
-            let fd = try tree.sharedRing(node: id, caller: who, groups: groups)
-            reply(c, "ok\n", fd: fd)
-            close(fd)
+            let ring = try tree.sharedRing(node: id, caller: who, groups: groups, pid: UInt32(bitPattern: cred.pid))
+            reply(c, "ok \(ring.slot) \(ring.sequence)\n", fd: ring.fd)
+            close(ring.fd)
             return true
         } catch {
             reply(c, "error \(error.errno) \(error.message)\n", fd: -1)

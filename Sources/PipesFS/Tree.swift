@@ -383,11 +383,20 @@ public final class Tree: @unchecked Sendable {
     }
 
     /// A duplicate of the memfd of `node`'s shared ring (made on first use), for a reader with `caller`'s
-    /// credentials: the same permission check as opening its `all` for reading. The caller closes it.
-    public func sharedRing(node id: UInt64, caller: Caller, groups: [UInt32] = []) throws(FSError) -> Int32 {
+    /// credentials, and a reader slot claimed in it for process `pid` (the stream is held for that reader from
+    /// now on). The same permission check as opening its `all` for reading. The caller closes the descriptor.
+    public func sharedRing(node id: UInt64, caller: Caller, groups: [UInt32] = [], pid: UInt32 = 0) throws(FSError)
+        -> (fd: Int32, slot: Int, sequence: UInt64) {
         space.lock.lock()
         defer { space.lock.unlock() }
         guard let n = space.nodes[id] else { throw FSError(ENOENT, "no node \(id)") }
+        // A mapping is writable memory shared with the daemon and its other readers (reader slots; the data
+        // is mapped read-only only by the client's choice), so only the daemon's own user and root get one;
+        // everybody else reads through the filesystem, where the kernel applies the mount's permissions
+        // (libpipes falls back to that on EACCES).
+        if caller.uid != 0 && caller.uid != owner.uid {
+            throw FSError(EACCES, "rings are mapped for uid \(owner.uid) and root only; uid \(caller.uid) reads through the filesystem")
+        }
         let a = attributes(.file(n, .all), 0)
         let bit: UInt32 = caller.uid == a.uid ? 0o400 : (caller.gid == a.gid || groups.contains(a.gid)) ? 0o040 : 0o004
         if caller.uid != 0 && a.mode & bit == 0 {
@@ -398,13 +407,20 @@ public final class Tree: @unchecked Sendable {
         do throws(RingError) { x = try space.exportRing(n) } catch {
             throw controller.fail("map \(n.path)/all", FSError(error.errno, "shared ring: \(error.message)"))
         }
-        if !x.clientRequested {
-            x.clientRequested = true
-            space.refresh()
+        guard let claim = x.claimSlot(pid: pid) else {
+            throw controller.fail("map \(n.path)/all", FSError(EMFILE, "the stream has \(x.maxReaders) readers already"))
         }
         let fd = fcntl(x.ring.fd, F_DUPFD_CLOEXEC, 0)
-        if fd < 0 { throw FSError(errno, "dup: \(String(cString: strerror(errno)))") }
-        return fd
+        if fd < 0 {
+            let e = errno
+            x.releaseSlot(claim.slot)
+            throw FSError(e, "dup: \(String(cString: strerror(e)))")
+        }
+        if !x.clientRequested {
+            x.clientRequested = true
+            space.refresh()  // demand from here on: the slot above already holds the stream for the client
+        }
+        return (fd, claim.slot, claim.sequence)
     }
 
     func closeTap(_ node: Node, _ tap: RingTap, uid: UInt32) {

@@ -559,6 +559,10 @@ public final class Space: @unchecked Sendable {
                 if e {
                     for t in n.taps { t.ring.endOfStream() }
                     n.exportRing?.endOfStream()
+                } else if let x = n.exportRing, x.isEnded {
+                    // The stream goes on (a capture file rewound): readers that had their end of stream keep
+                    // it; readers from now on get a new ring.
+                    do throws(RingError) { try x.reopen() } catch { reportError("\(n.path): shared ring: \(error)") }
                 }
             }
             n.updateExport()

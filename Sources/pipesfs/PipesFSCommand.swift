@@ -93,6 +93,13 @@ struct Mount: ParsableCommand {
             if fg { printError("pipesfs: \(line)") } else { syslogLine(line) }
         }
         let demo = self.demo
+        // Every client of the ring service holds a connection (its lease) and every reader a file: use the
+        // whole descriptor allowance, not the default soft limit of 1024.
+        var nofile = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max {
+            nofile.rlim_cur = nofile.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile)
+        }
         let rings = RingService(tree: tree)
         let rc = try FUSEServer.serve(tree: tree, mountPoint: mountPoint, options: fuseOptions, foreground: foreground) {
             // fuse_daemonize changed to /; relative names written by filters (pcapout=NAME) go to the spool.
@@ -104,8 +111,9 @@ struct Mount: ParsableCommand {
             }
             if demo { buildDemoGraph(controller, Caller(uid: getuid(), gid: getgid())) }
         } stopping: {
-            rings.stop()
+            // Streams end first (mapped readers see their end), then the leases close.
             controller.shutdown()
+            rings.stop()
         }
         // The loop returns the number of the signal that ended it (SIGINT, SIGTERM, SIGHUP): a clean exit.
         if rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP { throw ExitCode(rc) }

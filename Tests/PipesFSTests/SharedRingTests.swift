@@ -14,10 +14,14 @@ import Testing
 struct SharedRingTests {
     /// Maps the node's ring the way a client does (a duplicate descriptor, another mapping) and attaches a reader.
     func mapped(_ fs: FS, _ dir: UInt64) throws -> DBufReader {
-        let fd = try fs.tree.sharedRing(node: dir >> 4, caller: .root)
-        defer { close(fd) }
-        let ring = try DBuf(mapping: fd)
-        return try #require(ring.attach())
+        let claim = try fs.tree.sharedRing(node: dir >> 4, caller: .root, pid: UInt32(getpid()))
+        defer { close(claim.fd) }
+        let ring = try DBuf(mapping: claim.fd)
+        let r = try #require(ring.attach())
+        // This reader attached on its own; give back the slot the daemon held for it.
+        let node = fs.controller.space.lock.withLock { fs.controller.space.nodes[dir >> 4] }
+        node?.exportRing?.releaseSlot(claim.slot)
+        return r
     }
 
     func next(_ r: DBufReader, timeoutSeconds: Double = 5) -> [UInt8]? {
@@ -144,11 +148,16 @@ struct SharedRingTests {
         #expect(throws: FSError.self) { try fs.tree.getxattr(a | FileKind.all.rawValue, "user.other") }
 
         let (reply, fd) = try ask(rings.name, "attach \(a >> 4)\n")
-        #expect(reply == "ok")
+        #expect(reply.hasPrefix("ok "), "ok SLOT SEQUENCE: \(reply)")
         #expect(fd >= 0)
         let ring = try DBuf(mapping: fd)
         close(fd)
         let r = try #require(ring.attach())
+        // The service held a slot for the client at the head (it is this process): release it.
+        if let slot = Int(reply.split(separator: " ").dropFirst().first ?? "") {
+            #expect(ring.slotState(slot) == 1)
+            fs.node("/pipes/a")?.exportRing?.releaseSlot(slot)
+        }
         try fs.inject(a, "through the socket")
         #expect(next(r).map { String(decoding: $0, as: UTF8.self) } == "through the socket")
 
@@ -156,14 +165,18 @@ struct SharedRingTests {
         #expect(try ask(rings.name, "attach 999999\n").0.hasPrefix("error \(ENOENT) "))
     }
 
-    @Test("a user may map only what it may read")
+    @Test("rings are mapped for the daemon's user and root only; other users read through the filesystem")
     func permissions() throws {
-        let fs = FS()
-        let a = try fs.mkdir(rootInode, "a")  // root's, all mode 0644: readable by others
+        let fs = FS()  // the daemon's user is root here
+        let a = try fs.mkdir(rootInode, "a")  // all mode 0644: readable by others through the filesystem
         let user = Caller(uid: 4321, gid: 4321)
-        let fd = try fs.tree.sharedRing(node: a >> 4, caller: user)
-        close(fd)
-        #expect(throws: FSError.self) { try fs.tree.sharedRing(node: 987_654, caller: user) }
+        #expect(errnoOf { _ = try fs.tree.sharedRing(node: a >> 4, caller: user, pid: 1) } == EACCES)
+        let claim = try fs.tree.sharedRing(node: a >> 4, caller: .root, pid: 1)
+        close(claim.fd)
+        #expect(claim.slot >= 0)
+        #expect(errnoOf { _ = try fs.tree.sharedRing(node: 987_654, caller: .root) } == ENOENT)
+        // Another user's reader through the filesystem still works.
+        #expect(errnoOf { _ = try fs.tree.open(a | FileKind.all.rawValue, flags: O_RDONLY, caller: user) } == nil)
     }
 
     /// Sends one request line to the service and returns its reply line and the descriptor that came with it.

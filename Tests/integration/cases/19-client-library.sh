@@ -79,9 +79,10 @@ mkdir "$MP/rx/ip" "$MP/g/count"
 if runuser -u "$U" -- "$TAPCAT" "$MP/rx/ip/all" 2> "$WORK/perm.err"; then fail "a user mapped live capture"; fi
 grep -q "Permission denied" "$WORK/perm.err" || fail "live tap as user: $(cat "$WORK/perm.err")"
 runuser -u "$U" -- timeout 5 "$TAPCAT" "$MP/g/all" 2> "$WORK/u.err" | head -c 5000 > "$WORK/u.out" || true
-[ "$(stat -c %s "$WORK/u.out")" = 5000 ] || fail "a user could not map a gen stream: $(cat "$WORK/u.err")"
-grep -q mapped "$WORK/u.err" || fail "user reader not mapped: $(cat "$WORK/u.err")"
-ok "a user maps what it may read and is refused live capture (EACCES)"
+[ "$(stat -c %s "$WORK/u.out")" = 5000 ] || fail "a user could not read a gen stream: $(cat "$WORK/u.err")"
+grep -q "through the filesystem" "$WORK/u.err" || fail "another user's reader was mapped: $(cat "$WORK/u.err")"
+grep -q "rings are mapped for uid 0 and root only" "$MP/.errors" && fail "a refused mapping was logged as an error"
+ok "another user reads through the filesystem (rings are mapped for the daemon's user and root), and is refused live capture (EACCES)"
 
 # 6. Unmount ends a mapped reader that waits.
 bg "$TAPCAT" -q "$MP/g/count/all" > /dev/null; pw=$LAST_PID
@@ -93,6 +94,29 @@ ok "unmount ends mapped readers"
 # 7. The multiway pipe across fork: one writer, 4 readers, every byte checked by each.
 "$WORK/c/mpipe" 4 50000 700 | grep -q "every reader got every byte" || fail "mpipe"
 ok "mpipe: 4 reader processes got every byte"
+cat > "$WORK/mpdie.c" <<'C'
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "pipes_client.h"
+int main(void) {   /* a reader gets end of stream when the writer process dies, as with a pipe */
+    int fds[2];
+    if (pipes_mpipe(fds, 2, 0) != 0) return 1;
+    pid_t w = fork();
+    if (w == 0) { pipes_mpipe_write(fds[0], "hello", 5); pause(); _exit(0); }
+    char b[16];
+    ssize_t n = pipes_mpipe_read(fds[1], b, sizeof b);
+    kill(w, SIGKILL);
+    waitpid(w, 0, 0);
+    ssize_t m = pipes_mpipe_read(fds[1], b, sizeof b);
+    return n == 5 && m == 0 ? 0 : 1;
+}
+C
+cc -o "$WORK/mpdie" "$WORK/mpdie.c" -I "$ROOT/Sources/CPipesClient/include" -I "$ROOT/Sources/PipesRingABI/include" \
+    -L "$WORK/c" -lpipes -Wl,-rpath,"$WORK/c" || fail "building mpdie"
+timeout 10 "$WORK/mpdie" || fail "an mpipe reader did not get end of stream when its writer died"
+ok "mpipe: a reader gets end of stream when the writer dies"
 
 # 8. A daemon killed with SIGKILL never closes its rings; a mapped reader notices through its lease (the
 #    connection the ring came over) and fails with ECONNRESET instead of waiting for ever.
