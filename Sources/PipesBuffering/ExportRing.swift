@@ -177,8 +177,10 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
     /// True once the stream ended (until `reopen`).
     public var isEnded: Bool { drainLock.withLock { ended } }
 
-    /// A client of the ring service asked for this ring: the stream is wanted from now on. Space lock held.
-    public var clientRequested = false
+    /// Clients of the ring service holding this ring (their leases): while there are any, the stream is
+    /// wanted. Space lock held.
+    public var clients = 0
+    public var clientRequested: Bool { clients > 0 }
 
     /// The stream goes on after it had ended (a capture file rewound): a new ring; readers of the old one had
     /// their end of stream. Space lock held.

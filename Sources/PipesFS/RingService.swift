@@ -21,7 +21,7 @@ public final class RingService: @unchecked Sendable {
     /// Connections of attached clients, kept open as their lease: when the daemon goes away, however it goes,
     /// the kernel closes them and a waiting client sees it (a ring's `closed` word alone would never be set by
     /// a daemon killed with SIGKILL). Service thread only. At most `maxLeases` clients (EMFILE beyond).
-    private var leases: [Int32] = []
+    private var leases: [(fd: Int32, node: UInt64)] = []
     static let maxLeases = 4096
     private let thread = JoinableThread()
     private let stopLock = ConditionLock()
@@ -75,7 +75,7 @@ public final class RingService: @unchecked Sendable {
         var b: UInt8 = 1
         _ = write(stopPipe[1], &b, 1)
         if thread.join(timeoutNanoseconds: 2_000_000_000) {
-            for c in leases { close(c) }
+            for l in leases { close(l.fd) }
             leases = []
             close(s)
             close(stopPipe[0])
@@ -101,7 +101,7 @@ public final class RingService: @unchecked Sendable {
             fds.removeAll(keepingCapacity: true)
             fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
             fds.append(pollfd(fd: stopPipe[0], events: Int16(POLLIN), revents: 0))
-            for c in leases { fds.append(pollfd(fd: c, events: Int16(POLLIN), revents: 0)) }
+            for l in leases { fds.append(pollfd(fd: l.fd, events: Int16(POLLIN), revents: 0)) }
             let n = poll(&fds, nfds_t(fds.count), -1)
             if n < 0 {
                 if errno == EINTR { continue }
@@ -113,7 +113,9 @@ public final class RingService: @unchecked Sendable {
             for p in fds.dropFirst(2) where p.revents != 0 { ended.append(p.fd) }
             if !ended.isEmpty {
                 for c in ended { close(c) }
-                leases.removeAll { ended.contains($0) }
+                // A node whose last client left no longer needs its stream for clients.
+                for l in leases where ended.contains(l.fd) { tree.clientLeft(node: l.node) }
+                leases.removeAll { ended.contains($0.fd) }
             }
             if fds[0].revents & Int16(POLLIN) != 0 {
                 let c = accept(listener, nil, nil)
@@ -125,8 +127,8 @@ public final class RingService: @unchecked Sendable {
                 if leases.count >= RingService.maxLeases {
                     reply(c, "error \(EMFILE) \(RingService.maxLeases) clients are attached; read through the filesystem\n", fd: -1)
                     close(c)
-                } else if handle(c) {
-                    leases.append(c)
+                } else if let node = handle(c) {
+                    leases.append((c, node))
                 } else {
                     close(c)
                 }
@@ -135,9 +137,9 @@ public final class RingService: @unchecked Sendable {
     }
 
     /// One request: a line in, a line (and maybe a descriptor) out. A client that does not send its line within
-    /// a second is dropped, so none can hold up the others. True when the client got its ring (keep the
+    /// a second is dropped, so none can hold up the others. The node, when the client got its ring (keep the
     /// connection as its lease).
-    private func handle(_ c: Int32) -> Bool {
+    private func handle(_ c: Int32) -> UInt64? {
         var tv = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -145,18 +147,18 @@ public final class RingService: @unchecked Sendable {
         struct PeerCredentials { var pid: Int32 = 0; var uid: UInt32 = 0; var gid: UInt32 = 0 }
         var cred = PeerCredentials()
         var clen = socklen_t(MemoryLayout<PeerCredentials>.size)
-        guard getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 else { return false }
+        guard getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 else { return nil }
         var buf = [UInt8](repeating: 0, count: 128)
         var got = 0
         // One second for the whole line, not per recv: a client dribbling bytes cannot hold the service.
         let deadline = monotonicNanoseconds() + 1_000_000_000
         while got < buf.count {
             let left = deadline - monotonicNanoseconds()
-            if left <= 0 { return false }
+            if left <= 0 { return nil }
             var t = timeval(tv_sec: Int(left / 1_000_000_000), tv_usec: Int(left % 1_000_000_000 / 1000))
             setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &t, socklen_t(MemoryLayout<timeval>.size))
             let n = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress! + got, $0.count - got, 0) }
-            if n <= 0 { return false }
+            if n <= 0 { return nil }
             got += n
             if buf[..<got].contains(10) { break }
         }
@@ -164,7 +166,7 @@ public final class RingService: @unchecked Sendable {
         let parts = line.split(separator: " ")
         guard parts.count == 2, parts[0] == "attach", let id = UInt64(parts[1]) else {
             reply(c, "error \(EPROTO) expected 'attach NODE'\n", fd: -1)
-            return false
+            return nil
         }
         let who = Caller(uid: cred.uid, gid: cred.gid)
         let groups = RingService.supplementaryGroups(pid: cred.pid)
@@ -172,10 +174,10 @@ public final class RingService: @unchecked Sendable {
             let ring = try tree.sharedRing(node: id, caller: who, groups: groups, pid: UInt32(bitPattern: cred.pid))
             reply(c, "ok \(ring.slot) \(ring.sequence)\n", fd: ring.fd)
             close(ring.fd)
-            return true
+            return id
         } catch {
             reply(c, "error \(error.errno) \(error.message)\n", fd: -1)
-            return false
+            return nil
         }
     }
 

@@ -416,11 +416,20 @@ public final class Tree: @unchecked Sendable {
             x.releaseSlot(claim.slot)
             throw FSError(e, "dup: \(String(cString: strerror(e)))")
         }
-        if !x.clientRequested {
-            x.clientRequested = true
-            space.refresh()  // demand from here on: the slot above already holds the stream for the client
-        }
+        x.clients += 1
+        if x.clients == 1 { space.refresh() }  // demand from here on: the slot above already holds the stream
+        
         return (fd, claim.slot, claim.sequence)
+    }
+
+    /// A client of the ring service left (its lease closed): when it was the node's last, the stream is no
+    /// longer published for clients (nor its source demanded for them).
+    public func clientLeft(node id: UInt64) {
+        space.lock.withLock {
+            guard let x = space.nodes[id]?.exportRing, x.clients > 0 else { return }
+            x.clients -= 1
+            if x.clients == 0 { space.refresh() }
+        }
     }
 
     func closeTap(_ node: Node, _ tap: RingTap, uid: UInt32) {

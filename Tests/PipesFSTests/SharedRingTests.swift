@@ -147,7 +147,8 @@ struct SharedRingTests {
         #expect(throws: FSError.self) { try fs.tree.getxattr(a | FileKind.stats.rawValue, Tree.ringAttribute) }
         #expect(throws: FSError.self) { try fs.tree.getxattr(a | FileKind.all.rawValue, "user.other") }
 
-        let (reply, fd) = try ask(rings.name, "attach \(a >> 4)\n")
+        let lease = Locked<Int32>(-1)
+        let (reply, fd) = try ask(rings.name, "attach \(a >> 4)\n", keep: lease)
         #expect(reply.hasPrefix("ok "), "ok SLOT SEQUENCE: \(reply)")
         #expect(fd >= 0)
         let ring = try DBuf(mapping: fd)
@@ -160,6 +161,12 @@ struct SharedRingTests {
         }
         try fs.inject(a, "through the socket")
         #expect(next(r).map { String(decoding: $0, as: UTF8.self) } == "through the socket")
+
+        // The client's connection is its lease: once it closes, the node no longer publishes for clients.
+        let x = fs.node("/pipes/a")?.exportRing
+        #expect(fs.controller.space.lock.withLock { x?.clients == 1 })
+        close(lease.value)
+        #expect(eventually { fs.controller.space.lock.withLock { x?.clients == 0 } })
 
         #expect(try ask(rings.name, "hello\n").0 == "error \(EPROTO) expected 'attach NODE'")
         #expect(try ask(rings.name, "attach 999999\n").0.hasPrefix("error \(ENOENT) "))
@@ -180,10 +187,10 @@ struct SharedRingTests {
     }
 
     /// Sends one request line to the service and returns its reply line and the descriptor that came with it.
-    func ask(_ name: String, _ line: String) throws -> (String, Int32) {
+    func ask(_ name: String, _ line: String, keep: Locked<Int32>? = nil) throws -> (String, Int32) {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         #expect(s >= 0)
-        defer { close(s) }
+        defer { if let keep { keep.value = s } else { close(s) } }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(name.utf8)
