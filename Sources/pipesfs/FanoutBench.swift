@@ -46,23 +46,13 @@ struct FanoutBench: ParsableCommand {
     /// MB/s per reader, CPU seconds of daemon plus readers, of the daemon alone, and the readers' voluntary
     /// context switches (their sleeps).
     func runCase(_ exe: String, mode: String, readers n: Int, blocks: Int, total: Int) throws -> (Double, Double, Double, Int) {
-        var template = Array("/tmp/pipesfs-fanout-XXXXXX".utf8CString)
-        guard let dirp = mkdtemp(&template) else { throw ValidationError("mkdtemp: \(String(cString: strerror(errno)))") }
-        let dir = String(cString: dirp)
-        defer { rmdir(dir) }
-        let daemon = try spawnProcess(exe, ["mount", dir, "-f", "--no-rx", "--no-tx",
-                                            "--source", "g=gen:size=\(block),count=\(blocks),paused"], fd: -1)
-        defer {
-            _ = spawnAndWait(["/usr/bin/fusermount3", "-u", dir])
-            var status: Int32 = 0
-            waitpid(daemon, &status, 0)
+        try withGenMount(exe, block: block, blocks: blocks) { dir, daemon in
+            try readers(exe, dir, daemon, mode: mode, n: n, total: total)
         }
+    }
+
+    func readers(_ exe: String, _ dir: String, _ daemon: pid_t, mode: String, n: Int, total: Int) throws -> (Double, Double, Double, Int) {
         let ctl = dir + "/g/ctl"
-        let deadline = monotonicNanoseconds() + 10_000_000_000
-        while access(ctl, F_OK) != 0 {
-            if monotonicNanoseconds() > deadline { throw ValidationError("the mount at \(dir) did not appear (root and /dev/fuse are needed)") }
-            usleep(10_000)
-        }
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw ValidationError("pipe: \(String(cString: strerror(errno)))") }
         var pids: [pid_t] = []

@@ -40,23 +40,11 @@ struct TapBench: ParsableCommand {
     }
 
     func tapCase(_ exe: String, _ readSize: Int, _ blocks: Int, _ total: Int) throws -> Double {
-        var template = Array("/tmp/pipesfs-bench-XXXXXX".utf8CString)
-        guard let dirp = mkdtemp(&template) else { throw ValidationError("mkdtemp: \(String(cString: strerror(errno)))") }
-        let dir = String(cString: dirp)
-        defer { rmdir(dir) }
-        let daemon = try spawnProcess(exe, ["mount", dir, "-f", "--no-rx", "--no-tx",
-                                            "--source", "g=gen:size=\(block),count=\(blocks),paused"], fd: -1)
-        defer {
-            _ = spawnAndWait(["/usr/bin/fusermount3", "-u", dir])
-            var status: Int32 = 0
-            waitpid(daemon, &status, 0)
-        }
+        try withGenMount(exe, block: block, blocks: blocks) { dir, _ in try tapRead(dir, readSize, total) }
+    }
+
+    func tapRead(_ dir: String, _ readSize: Int, _ total: Int) throws -> Double {
         let ctl = dir + "/g/ctl"
-        let deadline = monotonicNanoseconds() + 10_000_000_000
-        while access(ctl, F_OK) != 0 {
-            if monotonicNanoseconds() > deadline { throw ValidationError("the mount at \(dir) did not appear (root and /dev/fuse are needed)") }
-            usleep(10_000)
-        }
         let fd = open(dir + "/g/all", O_RDONLY)
         guard fd >= 0 else { throw ValidationError("open \(dir)/g/all: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -73,6 +61,28 @@ struct TapBench: ParsableCommand {
     func pipeCase(_ exe: String, _ readSize: Int, _ total: Int) throws -> Double {
         try pipeThroughput(exe, block: block, readSize: readSize, total: total)
     }
+}
+
+/// Mounts a PipesFS of this executable's on a temporary directory with a paused source `g` of `blocks` gen
+/// blocks of `block` bytes, runs `body` with the directory and the daemon's pid, then unmounts.
+func withGenMount<R>(_ exe: String, block: Int, blocks: Int, _ body: (String, pid_t) throws -> R) throws -> R {
+    var template = Array("/tmp/pipesfs-bench-XXXXXX".utf8CString)
+    guard let dirp = mkdtemp(&template) else { throw ValidationError("mkdtemp: \(String(cString: strerror(errno)))") }
+    let dir = String(cString: dirp)
+    defer { rmdir(dir) }
+    let daemon = try spawnProcess(exe, ["mount", dir, "-f", "--no-rx", "--no-tx",
+                                        "--source", "g=gen:size=\(block),count=\(blocks),paused"], fd: -1)
+    defer {
+        _ = spawnAndWait(["/usr/bin/fusermount3", "-u", dir])
+        var status: Int32 = 0
+        waitpid(daemon, &status, 0)
+    }
+    let deadline = monotonicNanoseconds() + 10_000_000_000
+    while access(dir + "/g/ctl", F_OK) != 0 {
+        if monotonicNanoseconds() > deadline { throw ValidationError("the mount at \(dir) did not appear (root and /dev/fuse are needed)") }
+        usleep(10_000)
+    }
+    return try body(dir, daemon)
 }
 
 /// Runs a command and waits for it; its exit status, or -1.

@@ -27,5 +27,5 @@ echo "$out"
 out=$("$PIPESFS" bench fanout --megabytes 40 --readers 1,3)
 echo "$out"
 [ "$(echo "$out" | grep -cE '^(mapped|fuse) ')" = 4 ] || fail "bench fanout: expected four rows"
-awk '$3 == "fuse.pipesfs" && $2 ~ /pipesfs-fanout/' /proc/mounts | grep -q . && fail "bench fanout left a mount behind"
+awk '$3 == "fuse.pipesfs" && $2 ~ /pipesfs-bench/' /proc/mounts | grep -q . && fail "bench fanout left a mount behind"
 ok "bench scale, splice and fanout moved every byte"
