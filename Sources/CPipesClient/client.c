@@ -486,14 +486,37 @@ static int follow_move(struct pipes_tap *t) {
     return 0;
 }
 
-/* The stream moved to a new ring (policy change): read to the end of the old one, then attach again. */
+/* The stream moved to a new ring (policy change): read to the end of the old one, then continue in the new
+   one on the slot the daemon kept there for this reader (same index, at the new ring's start), so nothing
+   written in between is lost; attach anew only if there is none. */
 static int reattach(struct pipes_tap *t) {
     struct reader old = t->r;
     uint64_t delivered = old.delivered, dropped = old.dropped;
+    uint32_t index = (uint32_t)(old.slot - old.m.h->readers);
+    long claimed = -1;
+    unsigned long long sequence = 0;
+    int fd = request_ring(t, &claimed, &sequence);
+    if (fd < 0) return -1;
+    struct reader r = {0};
+    int rc = map_ring(fd, &r.m, 0);
+    int e = errno;
+    close(fd);
+    if (rc != 0) { errno = e; return -1; }
+    struct pipes_ring_header *h = r.m.h;
+    if (index < h->info.max_readers && (long)index != claimed
+        && pipes_load_acquire32(&h->readers[index].state) == PIPES_READER_ACTIVE
+        && pipes_load_acquire32(&h->readers[index].pid) == (uint32_t)getpid()
+        && adopt_slot(&r, (long)index, 0) == 0) {
+        if (claimed >= 0 && (uint32_t)claimed < h->info.max_readers)
+            pipes_store_release32(&h->readers[claimed].state, PIPES_READER_FREE);
+    } else if (adopt_slot(&r, claimed, sequence) != 0 && claim_slot(&r) != 0) {
+        unmap_ring(&r.m);
+        errno = EMFILE;
+        return -1;
+    }
     release_slot(&old);
     unmap_ring(&old.m);
-    memset(&t->r, 0, sizeof t->r);
-    if (attach_mapped(t) != 0) return -1;
+    t->r = r;
     t->r.delivered = delivered;
     t->r.dropped = dropped;
     return 0;

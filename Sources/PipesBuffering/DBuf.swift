@@ -754,6 +754,19 @@ public final class DBuf: @unchecked Sendable {
             return nil
         }
     }
+
+    /// Takes over reader slot `i`, claimed earlier for this reader (by the runtime, when it moved the stream to
+    /// this ring), at the position stored in the slot; `sequence` is the number of the record there. Nil if
+    /// the slot is not active. Any thread.
+    public func adopt(slot i: Int, sequence: UInt64) -> DBufReader? {
+        lock.withLock {
+            let r = region
+            guard i >= 0 && i < maxReaders,
+                  pipes_load_acquire32(RingFields.state(r.f.slots + i)) == PIPES_READER_ACTIVE.rawValue else { return nil }
+            return DBufReader(ring: self, region: r, slotIndex: i, at: pipes_load_acquire64(RingFields.tail(r.f.slots + i)),
+                              sequence: sequence)
+        }
+    }
 }
 
 /// One reader of a `DBuf`: a private position in the shared ring (paper §5.1). `peek` hands out the next
@@ -785,8 +798,9 @@ public final class DBufReader: @unchecked Sendable {
     /// `tail` when this reader last woke a producer waiting for room (moderation of those wake-ups).
     private var wokeProducerAt: UInt64 = 0
 
-    /// Called with the ring's lock held, the slot claimed.
-    init(ring: DBuf, region: RingRegion, slotIndex: Int) {
+    /// Called with the ring's lock held, the slot claimed; the reader starts at `at` (default: the head), whose
+    /// record has number `sequence`.
+    init(ring: DBuf, region: RingRegion, slotIndex: Int, at start: UInt64? = nil, sequence: UInt64? = nil) {
         self.ring = ring
         self.region = region
         self.slotIndex = slotIndex
@@ -799,10 +813,10 @@ public final class DBufReader: @unchecked Sendable {
         movedPointer = region.f.moved
         roomFlag = region.f.roomFlag
         isBlocking = ring.policy == .block
-        let h = pipes_load_acquire64(headPointer)
+        let h = start ?? pipes_load_acquire64(headPointer)
         tail = h
         cachedHead = h
-        nextSequence = pipes_load_acquire64(region.f.records)
+        nextSequence = sequence ?? pipes_load_acquire64(region.f.records)
         pipes_store_relaxed64(RingFields.records(slot), 0)
         pipes_store_relaxed64(RingFields.dropped(slot), 0)
         pipes_store_release32(RingFields.pid(slot), UInt32(getpid()))

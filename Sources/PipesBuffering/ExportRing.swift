@@ -138,6 +138,17 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         if p == policy || ended { return }
         let fresh = try ExportRing.makeRing(sizeLog2, p, maxReaders, ringID)
         let old = ring
+        // Every reader of the old ring has its slot (same index, same pid) in the new one from the start, at
+        // its beginning: what the producer writes before a reader follows is kept for it (and, on a lossless
+        // stream, holds the producer back as the reader would).
+        for i in 0..<min(old.maxReaders, fresh.maxReaders) {
+            let s = old.f.slots + i
+            guard pipes_load_acquire32(RingFields.state(s)) == PIPES_READER_ACTIVE.rawValue else { continue }
+            let n = fresh.f.slots + i
+            pipes_store_release32(RingFields.pid(n), pipes_load_acquire32(RingFields.pid(s)))
+            pipes_store_release64(RingFields.tail(n), 0)
+            pipes_store_release32(RingFields.state(n), PIPES_READER_ACTIVE.rawValue)
+        }
         drainLock.withLock {
             ring = fresh
             policy = p
@@ -210,6 +221,17 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
             return (i, pipes_load_acquire64(r.f.records))
         }
         return nil
+    }
+
+    /// Frees every slot of the current ring held for process `pid` (its last client connection closed).
+    public func releaseSlots(of pid: UInt32) {
+        let r = ring
+        for i in 0..<r.maxReaders {
+            let s = r.f.slots + i
+            if pipes_load_acquire32(RingFields.state(s)) == PIPES_READER_ACTIVE.rawValue && pipes_load_acquire32(RingFields.pid(s)) == pid {
+                pipes_store_release32(RingFields.state(s), PIPES_READER_FREE.rawValue)
+            }
+        }
     }
 
     /// Frees a slot `claimSlot` gave out (a client that could not use it).

@@ -104,6 +104,11 @@ public final class RingTap: @unchecked Sendable {
         let ps: [Parked] = lock.withLock {
             closed = true
             notifier = nil
+            if let r = reader, r.ring.closedState == ringClosedReplaced {
+                // Never followed: give back the slot the new ring holds for this reader.
+                let next = export.currentRing()
+                if next !== r.ring { next.adopt(slot: r.slotIndex, sequence: 0)?.detach() }
+            }
             if let r = reader { droppedBefore &+= r.dropped; r.detach() }
             reader = nil
             defer { parked = [] }
@@ -152,26 +157,28 @@ public final class RingTap: @unchecked Sendable {
     /// Delivers what there is (up to `max` bytes), or the end of the stream. False if there is nothing yet.
     private func deliverLocked(max: Int, _ deliver: Delivery) -> Bool {
         if closed { deliver(.endOfStream); return true }
-        if let r = reader, r.ring.policy == .block, averageRecord >= 1024 {
-            let (count, records) = gatherLocked(max: max)
-            if count > 0 {
-                deliver(.segments(UnsafeBufferPointer(start: segments, count: count)))
+        while true {
+            if let r = reader, r.ring.policy == .block, averageRecord >= 1024 {
+                let (count, records) = gatherLocked(max: max)
+                if count > 0 {
+                    deliver(.segments(UnsafeBufferPointer(start: segments, count: count)))
+                }
+                if records > 0 {
+                    r.publishTail()
+                    wakeWaitingProducer(r.ring)
+                }
+                if count > 0 { return true }
+            } else {
+                let n = fillLocked(max: max)
+                if n > 0 {
+                    deliver(.data(UnsafeRawBufferPointer(start: buffer, count: n), UnsafeRawBufferPointer(start: nil, count: 0)))
+                    return true
+                }
             }
-            if records > 0 {
-                r.publishTail()
-                wakeWaitingProducer(r.ring)
-            }
-            if count > 0 { return true }
+            let before = reader
             if atEndLocked() { deliver(.endOfStream); return true }
-            return false
+            if reader === before { return false }  // nothing yet; else the stream moved to a new ring: read there
         }
-        let n = fillLocked(max: max)
-        if n > 0 {
-            deliver(.data(UnsafeRawBufferPointer(start: buffer, count: n), UnsafeRawBufferPointer(start: nil, count: 0)))
-            return true
-        }
-        if atEndLocked() { deliver(.endOfStream); return true }
-        return false
     }
 
     /// True at the end of the stream. A ring that was replaced (the stream's policy changed) is followed to the
@@ -180,8 +187,10 @@ public final class RingTap: @unchecked Sendable {
         guard let r = reader else { return true }
         if !r.isAtEnd { return false }
         if r.ring.closedState == ringClosedReplaced {
+            // The stream moved to a new ring (its policy changed); this reader's slot is there already, at the
+            // start, holding what was written since (`ExportRing.setPolicy`).
             let next = export.currentRing()
-            if next !== r.ring, let fresh = next.attach() {
+            if next !== r.ring, let fresh = next.adopt(slot: r.slotIndex, sequence: 0) ?? next.attach() {
                 droppedBefore &+= r.dropped
                 r.detach()
                 reader = fresh

@@ -21,7 +21,7 @@ public final class RingService: @unchecked Sendable {
     /// Connections of attached clients, kept open as their lease: when the daemon goes away, however it goes,
     /// the kernel closes them and a waiting client sees it (a ring's `closed` word alone would never be set by
     /// a daemon killed with SIGKILL). Service thread only. At most `maxLeases` clients (EMFILE beyond).
-    private var leases: [(fd: Int32, node: UInt64)] = []
+    private var leases: [(fd: Int32, node: UInt64, pid: UInt32)] = []
     static let maxLeases = 4096
     private let thread = JoinableThread()
     private let stopLock = ConditionLock()
@@ -113,9 +113,15 @@ public final class RingService: @unchecked Sendable {
             for p in fds.dropFirst(2) where p.revents != 0 { ended.append(p.fd) }
             if !ended.isEmpty {
                 for c in ended { close(c) }
-                // A node whose last client left no longer needs its stream for clients.
-                for l in leases where ended.contains(l.fd) { tree.clientLeft(node: l.node) }
+                // A node whose last client left no longer needs its stream for clients; a process whose last
+                // lease on a node closed holds no slot there any more (one it never took up, or one kept for it
+                // across a policy change it did not follow, would otherwise hold a lossless stream).
+                let gone = leases.filter { ended.contains($0.fd) }
                 leases.removeAll { ended.contains($0.fd) }
+                for l in gone {
+                    let last = !leases.contains { $0.node == l.node && $0.pid == l.pid }
+                    tree.clientLeft(node: l.node, pid: last ? l.pid : nil)
+                }
             }
             if fds[0].revents & Int16(POLLIN) != 0 {
                 let c = accept(listener, nil, nil)
@@ -127,8 +133,8 @@ public final class RingService: @unchecked Sendable {
                 if leases.count >= RingService.maxLeases {
                     reply(c, "error \(EMFILE) \(RingService.maxLeases) clients are attached; read through the filesystem\n", fd: -1)
                     close(c)
-                } else if let node = handle(c) {
-                    leases.append((c, node))
+                } else if let (node, pid) = handle(c) {
+                    leases.append((c, node, pid))
                 } else {
                     close(c)
                 }
@@ -139,7 +145,7 @@ public final class RingService: @unchecked Sendable {
     /// One request: a line in, a line (and maybe a descriptor) out. A client that does not send its line within
     /// a second is dropped, so none can hold up the others. The node, when the client got its ring (keep the
     /// connection as its lease).
-    private func handle(_ c: Int32) -> UInt64? {
+    private func handle(_ c: Int32) -> (UInt64, UInt32)? {
         var tv = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -174,7 +180,7 @@ public final class RingService: @unchecked Sendable {
             let ring = try tree.sharedRing(node: id, caller: who, groups: groups, pid: UInt32(bitPattern: cred.pid))
             reply(c, "ok \(ring.slot) \(ring.sequence)\n", fd: ring.fd)
             close(ring.fd)
-            return id
+            return (id, UInt32(bitPattern: cred.pid))
         } catch {
             reply(c, "error \(error.errno) \(error.message)\n", fd: -1)
             return nil

@@ -424,9 +424,11 @@ public final class Tree: @unchecked Sendable {
 
     /// A client of the ring service left (its lease closed): when it was the node's last, the stream is no
     /// longer published for clients (nor its source demanded for them).
-    public func clientLeft(node id: UInt64) {
+    /// `pid`, when given, held its last lease on the node: slots of that process in the node's ring are freed.
+    public func clientLeft(node id: UInt64, pid: UInt32? = nil) {
         space.lock.withLock {
             guard let x = space.nodes[id]?.exportRing, x.clients > 0 else { return }
+            if let pid, pid != UInt32(getpid()) { x.releaseSlots(of: pid) }
             x.clients -= 1
             if x.clients == 0 { space.refresh() }
         }

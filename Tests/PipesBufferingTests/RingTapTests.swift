@@ -101,6 +101,24 @@ struct RingTapTests {
         #expect(readAll(t, max: 100).ended, "an old reader keeps its end of stream")
     }
 
+    @Test("a policy change moves readers to a new ring without losing what was written there before they follow")
+    func policyChange() throws {
+        let x = try ExportRing(policy: .block, sizeLog2: 16, ringID: 5)
+        let t = try #require(RingTap(export: x))
+        let idle = try #require(RingTap(export: x))
+        for _ in 0..<3 { append(x, 100, 0xA1) }
+        try x.setPolicy(.drop)
+        for _ in 0..<3 { append(x, 100, 0xB1) }
+        let got = readAll(t, max: 65536).bytes
+        #expect(got == [UInt8](repeating: 0xA1, count: 300) + [UInt8](repeating: 0xB1, count: 300))
+        #expect(x.currentRing().policy == .drop)
+        // A reader that closes without following gives back the slot the new ring kept for it.
+        let held = (0..<x.maxReaders).filter { x.currentRing().slotState($0) == 1 }.count
+        idle.close()
+        #expect((0..<x.maxReaders).filter { x.currentRing().slotState($0) == 1 }.count == held - 1)
+        t.close()
+    }
+
     @Test("all.pcap skips blocks of another link type and counts them")
     func linkTypeSkip() throws {
         let x = try ExportRing(policy: .block, sizeLog2: 16, ringID: 4)
