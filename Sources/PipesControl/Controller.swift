@@ -509,8 +509,10 @@ extension Controller {
     /// Checks a source definition without adding it (opens and closes its file or interface).
     public static func validateSource(_ definition: String) throws(ControlError) {
         let c = Controller()
-        let n = try c.addSource(definition)
-        c.space.lock.withLock { c.space.remove(n) }
+        _ = try c.addSource(definition)
+        // Stop its thread and wait for it: the daemon forks (fuse_daemonize) right after validating, and a
+        // thread caught inside the Swift runtime's metadata lock at the fork deadlocks the child.
+        c.shutdown()
     }
 
     /// Unmount: stops every source and waits for its thread, answers parked writes (ENOTCONN) and parked reads
