@@ -358,16 +358,25 @@ static int adopt_slot(struct reader *r, long slot, unsigned long long sequence) 
     return 0;
 }
 
-static int attach_mapped(struct pipes_tap *t) {
-    long slot = -1;
-    unsigned long long sequence = 0;
-    int fd = request_ring(t, &slot, &sequence);
+/* Asks the daemon for the node's ring and maps it (data read-only). *slot and *sequence: the reader slot the
+   daemon claimed for us, or -1. */
+static int fetch_ring(struct pipes_tap *t, struct ring_map *m, long *slot, unsigned long long *sequence) {
+    *slot = -1;
+    *sequence = 0;
+    int fd = request_ring(t, slot, sequence);
     if (fd < 0) return -1;
-    struct reader r = {0};
-    int rc = map_ring(fd, &r.m, 0);
+    int rc = map_ring(fd, m, 0);
     int e = errno;
     close(fd);
-    if (rc != 0) { errno = e; return -1; }
+    errno = e;
+    return rc;
+}
+
+static int attach_mapped(struct pipes_tap *t) {
+    long slot;
+    unsigned long long sequence;
+    struct reader r = {0};
+    if (fetch_ring(t, &r.m, &slot, &sequence) != 0) return -1;
     if (adopt_slot(&r, slot, sequence) != 0 && claim_slot(&r) != 0) {
         unmap_ring(&r.m);
         errno = EMFILE;
@@ -452,15 +461,10 @@ int pipes_tap_is_mapped(const pipes_tap *t) { return t->mapped; }
 static int follow_move(struct pipes_tap *t) {
     struct reader old = t->r;
     uint32_t index = (uint32_t)(old.slot - old.m.h->readers);
-    long claimed = -1;
-    unsigned long long sequence = 0;
-    int fd = request_ring(t, &claimed, &sequence);
-    if (fd < 0) return -1;
+    long claimed;
+    unsigned long long sequence;
     struct reader r = old;
-    int rc = map_ring(fd, &r.m, 0);
-    int e = errno;
-    close(fd);
-    if (rc != 0) { errno = e; return -1; }
+    if (fetch_ring(t, &r.m, &claimed, &sequence) != 0) return -1;
     if (index < r.m.h->info.max_readers
         && pipes_load_acquire32(&r.m.h->readers[index].state) == PIPES_READER_ACTIVE) {
         r.slot = &r.m.h->readers[index];
@@ -493,15 +497,10 @@ static int reattach(struct pipes_tap *t) {
     struct reader old = t->r;
     uint64_t delivered = old.delivered, dropped = old.dropped;
     uint32_t index = (uint32_t)(old.slot - old.m.h->readers);
-    long claimed = -1;
-    unsigned long long sequence = 0;
-    int fd = request_ring(t, &claimed, &sequence);
-    if (fd < 0) return -1;
+    long claimed;
+    unsigned long long sequence;
     struct reader r = {0};
-    int rc = map_ring(fd, &r.m, 0);
-    int e = errno;
-    close(fd);
-    if (rc != 0) { errno = e; return -1; }
+    if (fetch_ring(t, &r.m, &claimed, &sequence) != 0) return -1;
     struct pipes_ring_header *h = r.m.h;
     if (index < h->info.max_readers && (long)index != claimed
         && pipes_load_acquire32(&h->readers[index].state) == PIPES_READER_ACTIVE
