@@ -31,7 +31,7 @@ let package = Package(
         // §5 buffering: rings, tap buffers, locks.
         .target(name: "PipesBuffering", dependencies: ["PipesRingABI"], swiftSettings: hotPath),
         // §6 processing: blocks, the filter protocol, graph, execution by function calls.
-        .target(name: "PipesRuntime", dependencies: ["PipesBuffering"], swiftSettings: hotPath),
+        .target(name: "PipesRuntime", dependencies: ["PipesBuffering", "PipesRingABI"], swiftSettings: hotPath),
         // §6.1 the filter library, one file per filter.
         .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "CPcap", "CURing"], swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.

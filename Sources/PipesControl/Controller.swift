@@ -526,6 +526,8 @@ extension Controller {
         for s in sources where !s.waitUntilStopped(timeoutNanoseconds: 5_000_000_000) {
             errors.append("shutdown: a source thread did not stop within 5 s")
         }
+        // What is in flight between execution spaces goes on to its readers and writers; then their threads stop.
+        space.stopSpaces()
         space.failPendingWrites(ENOTCONN)
         space.lock.withLock {
             for n in space.nodes.values {

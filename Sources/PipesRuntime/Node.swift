@@ -1,4 +1,5 @@
 import PipesBuffering
+import PipesRingABI
 
 /// How a tap renders the blocks it receives.
 public enum TapFormat: Sendable {
@@ -11,6 +12,8 @@ public enum TapFormat: Sendable {
 /// An edge as the hot path sees it: trivial, so walking edges costs no reference counting.
 struct HotEdge {
     let child: Unmanaged<Node>
+    /// Set when the child runs in another execution space: blocks go into this channel instead of a call.
+    let remote: Unmanaged<SpaceChannel>?
     let negated: Bool
     let rangeCount: Int
     let ranges: UnsafeMutablePointer<ClosedRange<UInt32>>?
@@ -34,7 +37,7 @@ struct HotTap {
     let pcapLinkType: Int32  // -1 for raw
 }
 
-/// Per-node counters, updated under the space lock.
+/// Per-node counters, updated under the lock of the node's execution space.
 public struct NodeStats: Sendable {
     public var packetsIn: UInt64 = 0
     public var bytesIn: UInt64 = 0
@@ -99,6 +102,21 @@ public final class Node: @unchecked Sendable {
     /// Open `all`/`all.pcap` files reading the shared ring. Space lock held.
     public var ringTaps: [RingTap] = []
 
+    /// The execution space the node's filter runs in (§6.1). Changed only under the graph lock; read by the
+    /// data path holding that space's lock.
+    public internal(set) unowned(unsafe) var home: ExecutionSpace = ExecutionSpace.unplaced {
+        didSet { pipes_store_release32(homeWord, UInt32(bitPattern: Int32(home.index))) }
+    }
+    /// `home.index`, readable without a lock (a producer finding which lock to take).
+    private let homeWord: UnsafeMutablePointer<UInt32> = {
+        let p = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        p.initialize(to: UInt32(bitPattern: -1))
+        return p
+    }()
+    public var homeIndex: Int { Int(Int32(bitPattern: pipes_load_acquire32(homeWord))) }
+    /// Channels of the edges from this node into nodes of other spaces, by child. Graph lock held.
+    public internal(set) var outChannels: [ObjectIdentifier: SpaceChannel] = [:]
+
     /// Counts records a reader lost (a closing tap hands its count to the node). Space lock held.
     public func countTapDrops(_ n: UInt64) { counters.pointee.tapDrops &+= n }
 
@@ -126,6 +144,7 @@ public final class Node: @unchecked Sendable {
     }
 
     deinit {
+        homeWord.deallocate()
         counters.deallocate()
         freeHotEdges()
         hotTaps.deallocate()
@@ -185,7 +204,9 @@ public final class Node: @unchecked Sendable {
                 rs = .allocate(capacity: o.selector.ranges.count)
                 rs!.initialize(from: o.selector.ranges, count: o.selector.ranges.count)
             }
-            (buf.baseAddress! + i).initialize(to: HotEdge(child: Unmanaged.passUnretained(o.node), negated: o.selector.negated,
+            let remote = outChannels[ObjectIdentifier(o.node)].map { Unmanaged.passUnretained($0) }
+            (buf.baseAddress! + i).initialize(to: HotEdge(child: Unmanaged.passUnretained(o.node), remote: remote,
+                                                          negated: o.selector.negated,
                                                           rangeCount: o.selector.ranges.count, ranges: rs))
         }
         hotEdges = buf

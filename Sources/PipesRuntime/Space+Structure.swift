@@ -5,9 +5,11 @@ extension Space {
     public func attach(_ child: Node, under parent: Node?) {
         register(child)
         child.parent = parent
+        // A new filter runs where its parent runs; top-level nodes (sources, junctions) in space 0.
+        child.home = parent?.home ?? main
         if let p = parent {
             p.children.append(child)
-            p.rebuildHotEdges()
+            edgesChanged(p)
         } else {
             addRoot(child)
         }
@@ -17,7 +19,7 @@ extension Space {
     public func detach(_ child: Node) {
         if let p = child.parent {
             p.children.removeAll { $0 === child }
-            p.rebuildHotEdges()
+            edgesChanged(p)
         } else {
             removeRoot(child)
         }
@@ -32,7 +34,7 @@ extension Space {
         child.parent = parent
         if let p = parent {
             p.children.append(child)
-            p.rebuildHotEdges()
+            edgesChanged(p)
         } else {
             roots.append(child)
         }
@@ -46,7 +48,7 @@ extension Space {
         let id = allocateID()
         dir.links.append((id, name, text, target))
         target.linkParents.append(dir)
-        dir.rebuildHotEdges()
+        edgesChanged(dir)
         return id
     }
 
@@ -56,7 +58,7 @@ extension Space {
         let target = dir.links[i].target
         dir.links.remove(at: i)
         if let j = target.linkParents.firstIndex(where: { $0 === dir }) { target.linkParents.remove(at: j) }
-        dir.rebuildHotEdges()
+        edgesChanged(dir)
     }
 
     /// Removes a childless node from the graph: its symlink parents lose their links to it, its taps end,

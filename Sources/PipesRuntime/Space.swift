@@ -8,11 +8,14 @@ public final class Batch: @unchecked Sendable {
     var congested: [any BatchRing] = []
     /// Shared rings written in this batch: flushed (readers woken) before the lock is released.
     var exports: [ExportRing] = []
+    /// Channels into other spaces written in this batch: their consumers are signalled at its end.
+    var channels: [ChannelRing] = []
 
     public init() {
         wake.reserveCapacity(64)
         congested.reserveCapacity(16)
         exports.reserveCapacity(8)
+        channels.reserveCapacity(8)
     }
 
     /// True when a lossless tap this batch wrote to is past its high-water mark: end the batch now.
@@ -20,208 +23,105 @@ public final class Batch: @unchecked Sendable {
     public var needsDrain: Bool { !congested.isEmpty }
 }
 
-/// An execution space (§6.1): one memory protection domain whose filters call each other directly.
+/// The graph (§6.1) and the execution spaces that run it.
 ///
-/// The space owns the graph of nodes and the lock that serializes the data path (sources, injection) against
-/// the control path (graph changes, taps opening). A producer takes the lock with `begin(_:)`, pushes blocks,
-/// `end()`s, then calls `finishBatch`, which wakes readers and applies backpressure for lossless taps outside
-/// the lock.
+/// The space owns the nodes and the execution spaces (`spaces`, fixed at creation; one by default). Each node
+/// runs in one of them (`Node.home`). `lock` (a `GraphLock`: every execution space's lock) serializes graph
+/// changes and taps opening against all data paths. A producer whose node is in space 0 (sources) takes only
+/// that space's lock with `begin(_:)`, pushes blocks, `end()`s, then calls `finishBatch`, which wakes readers
+/// and applies backpressure for lossless readers outside the lock.
 public final class Space: @unchecked Sendable {
-    public let lock = ConditionLock()
+    /// The execution spaces: 0 runs the sources (their threads) and what is placed there.
+    public let spaces: [ExecutionSpace]
+    /// Space 0, which the sources' threads run.
+    @usableFromInline let main: ExecutionSpace
+    /// Every space's lock: hold it to change or read the graph.
+    public let lock: GraphLock
     /// Every live node by id.
     public private(set) var nodes: [UInt64: Node] = [:]
     /// Top-level directories in creation order.
     public internal(set) var roots: [Node] = []
     private var nextID: UInt64 = 16
-    /// The batch of the producer holding the lock (`defaultBatch` outside `begin`/`end`).
-    private var current: Batch
-    private let defaultBatch = Batch()
+
+    /// Channels made from now on: size in use (log2 bytes) and moderation threshold (records per signal).
+    public var channelSizeLog2 = ChannelRing.defaultSizeLog2
+    public var channelThreshold = 32
+    /// Runs `refresh()` when a space thread drained a channel whose source had ended.
+    let refresher = OnDemandWorker(name: "space-refresh")
 
     /// Receives one-line error reports from sources (the filesystem appends them to `/.errors`).
     public var errorHandler: (@Sendable (String) -> Void)?
 
     public func reportError(_ message: String) { errorHandler?(message) }
 
-    public init() {
-        current = defaultBatch
+    /// A graph run by `spaces` execution spaces; `cpus[i]` pins space i's thread (nil or a shorter list:
+    /// unpinned).
+    public init(spaces count: Int = 1, cpus: [Int32?] = []) {
+        let n = max(1, count)
+        spaces = (0..<n).map { ExecutionSpace(index: $0, cpu: $0 < cpus.count ? cpus[$0] : nil) }
+        main = spaces[0]
+        lock = GraphLock(spaces)
+        for s in spaces { s.graph = self }
     }
 
-    /// Takes the lock for a producer: what its pushes leave to do is collected in `batch`.
+    /// Takes space 0's lock for a producer there (a source): what its pushes leave to do is collected in `batch`.
     @inline(__always)
-    public func begin(_ batch: Batch) {
-        lock.lock()
-        current = batch
-    }
+    public func begin(_ batch: Batch) { main.begin(batch) }
 
     /// Releases the lock taken by `begin`.
     @inline(__always)
-    public func end() {
-        if !current.exports.isEmpty { deferFlush(current) }
-        current = defaultBatch
-        lock.unlock()
-    }
-
-    // MARK: moderation of shared rings (§6.2)
+    public func end() { main.end() }
 
     /// How late a record published on a shared ring may be signalled. A ring signals its readers every
     /// `threshold` records by itself; what a batch leaves unsignalled is flushed this long after the batch, by
-    /// one thread for the whole space, so a fast stream wakes its readers per threshold, not per batch.
+    /// one thread per execution space, so a fast stream wakes its readers per threshold, not per batch.
     public static let moderationDelayNanoseconds: UInt32 = 200_000
-    private var deferredFlushes: [ExportRing] = []
-    private let flusher = OnDemandWorker(name: "ring-flush")
-
-    /// Lock held.
-    private func deferFlush(_ b: Batch) {
-        let kick = deferredFlushes.isEmpty
-        let waiting = !b.congested.isEmpty  // the producer will wait for readers: they must run now
-        for x in b.exports {
-            if !x.hasSleepers {
-                x.pendingFlush = false  // nobody to wake: readers that sleep later see what was published
-            } else if waiting || x.hasWaitingTaps {
-                x.flush()  // a producer about to wait, or a parked read(2) of `all`: wake readers at once
-            } else {
-                deferredFlushes.append(x)  // other readers are signalled in batches
-            }
-        }
-        b.exports.removeAll(keepingCapacity: true)
-        if kick && !deferredFlushes.isEmpty { flusher.request { [self] in flushDeferred() } }
-    }
-
-    private func flushDeferred() {
-        usleep(Space.moderationDelayNanoseconds / 1000)
-        lock.withLock {
-            for x in deferredFlushes { x.flush() }
-            deferredFlushes.removeAll(keepingCapacity: true)
-        }
-    }
-
-    private func flushExports(_ b: Batch) {
-        for x in b.exports { x.flush() }
-        b.exports.removeAll(keepingCapacity: true)
-    }
 
     public func allocateID() -> UInt64 {
         nextID += 1
         return nextID
     }
 
-    // MARK: data path
+    // MARK: data path (space 0: sources)
 
-    /// Runs `block` through `node` and, depth-first, everything downstream whose edges accept its class.
-    /// The lock must be held. Allocates nothing and takes no references.
+    /// Runs `block` through `node`, a node of space 0 (a source's), and on downstream. Space 0's lock must be
+    /// held (`begin`). Allocates nothing and takes no references.
     @inline(__always)
-    public func push(_ node: Node, _ block: inout Block) {
-        push(Unmanaged.passUnretained(node), &block)
-    }
+    public func push(_ node: Node, _ block: inout Block) { main.push(Unmanaged.passUnretained(node), &block) }
 
-    /// The hot path proper: nodes travel as unmanaged references (the graph keeps them alive and the space lock
-    /// keeps the graph still), so walking the graph costs no reference counting.
     @inline(__always)
-    public func push(_ node: Unmanaged<Node>, _ block: inout Block) {
-        let c: UInt32 = node._withUnsafeGuaranteedRef { n in
-            let k = n.counters
-            k.pointee.packetsIn &+= 1
-            k.pointee.bytesIn &+= UInt64(block.count)
-            return n.hotType.process(unretained: n.hotInstance, &block)
-        }
-        if c == 0 { return }
-        forward(node, c, &block)
-    }
+    public func push(_ node: Unmanaged<Node>, _ block: inout Block) { main.push(node, &block) }
 
-    /// Delivers a block as `node`'s output (taps and children) without running its filter: injection.
+    /// Delivers a block as the output of `node`, a node of space 0, without running its filter.
     @inline(__always)
-    public func forward(_ node: Node, _ c: UInt32, _ block: inout Block) {
-        forward(Unmanaged.passUnretained(node), c, &block)
-    }
+    public func forward(_ node: Node, _ c: UInt32, _ block: inout Block) { main.forward(node, c, &block) }
 
-    func forward(_ node: Unmanaged<Node>, _ c: UInt32, _ block: inout Block) {
-        block.classValue = c
-        let (edges, taps, k, x) = node._withUnsafeGuaranteedRef { n in (n.hotEdges, n.hotTaps, n.counters, n.hotExport) }
-        k.pointee.packetsOut &+= 1
-        k.pointee.bytesOut &+= UInt64(block.count)
-        if taps.count != 0 { deliverToTaps(taps, k, block) }
-        if let x { deliverToExport(x, k, block) }
-        let n = edges.count
-        if n == 1 {
-            if edges[0].matches(c) { push(edges[0].child, &block) }
-            return
-        }
-        var i = 0
-        while i < n {
-            let e = edges[i]
-            if e.matches(c) {
-                var b = block
-                push(e.child, &b)
-            }
-            i += 1
-        }
-    }
-
-    private func deliverToTaps(_ hotTaps: UnsafeMutableBufferPointer<HotTap>, _ k: UnsafeMutablePointer<NodeStats>,
-                               _ block: Block) {
-        for t in hotTaps {
-            let r: AppendResult
-            if t.pcapLinkType < 0 {
-                r = t.ring.append(header: nil, body: block.bytes)
-            } else if t.pcapLinkType == block.linkType.dltValue {
-                var hdr: (UInt32, UInt32, UInt32, UInt32) = (
-                    UInt32(truncatingIfNeeded: block.seconds), UInt32(truncatingIfNeeded: max(0, block.nanoseconds) / 1000),
-                    UInt32(block.count), UInt32(truncatingIfNeeded: block.wireLength))
-                r = withUnsafeBytes(of: &hdr) { t.ring.append(header: $0, body: block.bytes) }
-            } else {
-                r = []
-            }
-            if !r.contains(.stored) { k.pointee.tapDrops &+= 1 }
-            if r.contains(.becameReadable) { current.wake.append(t.ring) }
-            if r.contains(.congested) { current.congested.append(t.ring) }
-        }
-    }
-
-    private func deliverToExport(_ ux: Unmanaged<ExportRing>, _ k: UnsafeMutablePointer<NodeStats>, _ block: Block) {
-        ux._withUnsafeGuaranteedRef { x in
-            let ts = Int64(block.seconds) &* 1_000_000_000 &+ Int64(block.nanoseconds)
-            let r = x.append(block.bytes, classValue: block.classValue, wireLength: block.wireLength,
-                             linkType: UInt16(truncatingIfNeeded: block.linkType.dltValue), timestampNanoseconds: ts)
-            if !r.contains(.stored) { k.pointee.tapDrops &+= 1 }
-            if r.contains(.congested) { current.congested.append(x) }
-            if !x.pendingFlush {
-                x.pendingFlush = true
-                current.exports.append(x)
-            }
-        }
-    }
-
-    /// True when a lossless tap the current producer wrote to is past its high-water mark: end the batch early.
-    /// Lock held.
+    /// True when a lossless reader the current producer of space 0 wrote to is past its high-water mark.
     @inline(__always)
-    public var needsDrain: Bool { current.needsDrain }
+    public var needsDrain: Bool { main.needsDrain }
 
-    /// Ends a producer's batch: call after `end()`. Wakes readers and, if `mayWait`, waits (bounded by
-    /// `stopRequested`) until the lossless taps the batch congested drained. Allocates nothing.
+    /// Ends a producer's batch (after `end()`): see `ExecutionSpace.finishBatch`.
     public func finishBatch(_ batch: Batch, mayWait: Bool, stopRequested: () -> Bool = { false }) {
-        for r in batch.wake { r.serviceWaiters() }
-        batch.wake.removeAll(keepingCapacity: true)
-        if batch.congested.isEmpty { return }
-        for r in batch.congested { r.serviceWaiters() }
-        if mayWait {
-            outer: for r in batch.congested {
-                while !r.waitUntilDrained(timeoutNanoseconds: 100_000_000) {
-                    if stopRequested() { break outer }
-                }
-            }
-        }
-        batch.congested.removeAll(keepingCapacity: true)
+        main.finishBatch(batch, mayWait: mayWait, stopRequested: stopRequested)
     }
 
-    /// `finishBatch` for pushes made with the plain lock (outside `begin`/`end`): tests and one-off callers.
+    /// `finishBatch` for pushes into space 0 made with the plain lock (tests and one-off callers).
     public func finishBatch(mayWait: Bool, stopRequested: () -> Bool = { false }) {
-        let b = Batch()
-        lock.withLock {
-            if !defaultBatch.exports.isEmpty { flushExports(defaultBatch) }
-            swap(&b.wake, &defaultBatch.wake)
-            swap(&b.congested, &defaultBatch.congested)
+        main.finishBatch(mayWait: mayWait, stopRequested: stopRequested)
+    }
+
+    /// Takes the lock of the space `node` runs in, for a producer of that node (a filter's own thread, `exec`),
+    /// and returns that space (`end()` it). Nil if the node was removed. The node may move between spaces
+    /// meanwhile: its home is read again under the lock.
+    public func beginHome(of node: Node, _ batch: Batch) -> ExecutionSpace? {
+        while true {
+            let i = node.homeIndex
+            guard i >= 0 && i < spaces.count else { return nil }
+            let h = spaces[i]
+            h.begin(batch)
+            if node.homeIndex == i { return h }
+            h.end()
         }
-        finishBatch(b, mayWait: mayWait, stopRequested: stopRequested)
     }
 
     // MARK: injection
@@ -258,26 +158,26 @@ public final class Space: @unchecked Sendable {
                        interrupted: () -> Bool = { false },
                        completion: @escaping @Sendable (Int32) -> Void = { _ in }) -> InjectOutcome {
         let batch = Batch()
-        begin(batch)
-        if node.removed { end(); return .failed(ENODEV_) }
+        lock.lock()  // the whole graph: the parked-write queues are shared by all spaces
+        if node.removed { lock.unlock(); return .failed(ENODEV_) }
         let key = ObjectIdentifier(node)
         let queued = pendingWrites[key] != nil
         let blocking = queued ? [] : congestedRings(below: node)
         if queued || !blocking.isEmpty {
-            if nonBlocking { end(); return .failed(EAGAIN_) }
-            if interrupted() { end(); return .failed(EINTR_) }
-            if pendingBytes + bytes.count > Space.maxPendingWriteBytes { end(); return .failed(EAGAIN_) }
+            if nonBlocking { lock.unlock(); return .failed(EAGAIN_) }
+            if interrupted() { lock.unlock(); return .failed(EINTR_) }
+            if pendingBytes + bytes.count > Space.maxPendingWriteBytes { lock.unlock(); return .failed(EAGAIN_) }
             let w = PendingWrite(node: node, bytes: bytes, id: id, completion: completion)
             if queued { pendingWrites[key]!.append(w) } else { pendingWrites[key] = [w]; pendingOrder.append(node) }
             pendingBytes += bytes.count
             let register = claimRetry(blocking)
-            end()
+            lock.unlock()
             registerRetry(on: register)
             return .parked
         }
-        let rc = deliverInjected(node, bytes)
-        end()
-        finishBatch(batch, mayWait: false)
+        let rc = deliverInjected(node, bytes, batch)
+        lock.unlock()
+        main.finishBatch(batch, mayWait: false)
         return rc == 0 ? .done : .failed(rc)
     }
 
@@ -353,7 +253,7 @@ public final class Space: @unchecked Sendable {
         let batch = Batch()
         var done: [(PendingWrite, Int32)] = []
         var register: [any BatchRing] = []
-        begin(batch)
+        lock.lock()
         var i = 0
         while i < pendingOrder.count {
             let node = pendingOrder[i]
@@ -368,7 +268,7 @@ public final class Space: @unchecked Sendable {
                         register += claimRetry(blocking)
                         break
                     }
-                    let rc = w.data.withUnsafeBytes { deliverInjected(node, $0) }
+                    let rc = w.data.withUnsafeBytes { deliverInjected(node, $0, batch) }
                     done.append((w, rc))
                 }
                 pendingBytes -= w.data.count
@@ -382,29 +282,32 @@ public final class Space: @unchecked Sendable {
                 i += 1
             }
         }
-        end()
-        finishBatch(batch, mayWait: false)
+        lock.unlock()
+        main.finishBatch(batch, mayWait: false)
         for (w, rc) in done { w.completion(rc) }
         if !register.isEmpty { registerRetry(on: register) }
     }
 
-    /// Runs one injected block into `node` and on. Lock held (through `begin`).
-    private func deliverInjected(_ node: Node, _ bytes: UnsafeRawBufferPointer) -> Int32 {
-        var block = Block(bytes: bytes, linkType: injectionLinkType(node))
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        block.seconds = Int64(ts.tv_sec)
-        block.nanoseconds = Int32(ts.tv_nsec)
-        if node.filter is any InputInjectable {
-            node.counters.pointee.packetsIn &+= 1
-            node.counters.pointee.bytesIn &+= UInt64(block.count)
-            let c = node.hotType.process(unretained: node.hotInstance, &block)
-            if c == 0 { return EIO_ }
-            forward(node, c, &block)
-        } else {
-            forward(node, 1, &block)
+    /// Runs one injected block into `node` and on, in the node's execution space. The graph lock held.
+    private func deliverInjected(_ node: Node, _ bytes: UnsafeRawBufferPointer, _ batch: Batch) -> Int32 {
+        let h = node.home
+        return h.asProducer(batch) {
+            var block = Block(bytes: bytes, linkType: injectionLinkType(node))
+            var ts = timespec()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            block.seconds = Int64(ts.tv_sec)
+            block.nanoseconds = Int32(ts.tv_nsec)
+            if node.filter is any InputInjectable {
+                node.counters.pointee.packetsIn &+= 1
+                node.counters.pointee.bytesIn &+= UInt64(block.count)
+                let c = node.hotType.process(unretained: node.hotInstance, &block)
+                if c == 0 { return EIO_ }
+                h.forward(node, c, &block)
+            } else {
+                h.forward(node, 1, &block)
+            }
+            return 0
         }
-        return 0
     }
 
     /// Lossless taps at or below `node` that are past their high-water mark. Lock held.
@@ -416,6 +319,7 @@ public final class Space: @unchecked Sendable {
             guard seen.insert(ObjectIdentifier(n)).inserted else { continue }
             for t in n.taps where t.ring.isCongested { found.append(t.ring) }
             if let x = n.exportRing, x.isCongested { found.append(x) }
+            for ch in n.outChannels.values where ch.ring.isCongested { found.append(ch.ring) }
             for o in n.outputs { stack.append(o.node) }
         }
         return found
@@ -500,8 +404,12 @@ public final class Space: @unchecked Sendable {
         return x
     }
 
-    /// Rebuilds the hot edge table of `node` after its children or links changed.
-    public func edgesChanged(_ node: Node) { node.rebuildHotEdges() }
+    /// Rebuilds the hot edge table of `node` after its children, links or placement changed, making, moving or
+    /// closing the channels of its edges into other execution spaces first. Graph lock held.
+    public func edgesChanged(_ node: Node) {
+        reconcileChannels(node)
+        node.rebuildHotEdges()
+    }
 
     /// Opens a tap on `node`. Lock held.
     public func addTap(_ node: Node, _ ring: TapRing, _ format: TapFormat) {
@@ -531,7 +439,7 @@ public final class Space: @unchecked Sendable {
                 r = false  // junctions and top-level filters take writes: they never end
             } else {
                 let ins = n.inputs
-                r = !ins.isEmpty && ins.allSatisfy { ended($0) }
+                r = !ins.isEmpty && ins.allSatisfy { ended($0) && channelDrained(from: $0, to: n) }
             }
             memo[ObjectIdentifier(n)] = r
             return r
@@ -545,6 +453,7 @@ public final class Space: @unchecked Sendable {
             return r
         }
         for n in nodes.values {
+            if !n.outChannels.isEmpty { updateChannelPolicies(n, live: live(n)) }
             if !n.taps.isEmpty || n.exportRing != nil {
                 // A stream fed by a live source cannot wait: its taps are lossy; all others are lossless.
                 let p: OverflowPolicy = live(n) ? .drop : .block

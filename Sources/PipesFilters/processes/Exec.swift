@@ -106,7 +106,7 @@ public final class Exec: SourceFilter, @unchecked Sendable {
 
     /// The input side: appends the block to the input ring through the inlet. Never blocks.
     public func process(_ block: inout Block) -> UInt32 {
-        if let s = space { s.forward(inlet, 1, &block) }
+        if let n = node { n.home.forward(inlet, 1, &block) }  // the node's space runs the inlet's tap too
         return 0
     }
 
@@ -326,14 +326,14 @@ public final class Exec: SourceFilter, @unchecked Sendable {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         var block = Block(bytes: bytes, seconds: Int64(ts.tv_sec), nanoseconds: Int32(ts.tv_nsec), linkType: .user)
-        space.begin(batch)
+        guard let home = space.beginHome(of: node, batch) else { return false }
         if node.removed || node.filter !== self {
-            space.end()
+            home.end()
             return false
         }
-        space.forward(node, 1, &block)
-        space.end()
-        space.finishBatch(batch, mayWait: true) { [self] in state.withLock { stopping } }
+        home.forward(node, 1, &block)
+        home.end()
+        home.finishBatch(batch, mayWait: true) { [self] in state.withLock { stopping } }
         return true
     }
 

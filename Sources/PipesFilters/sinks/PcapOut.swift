@@ -29,6 +29,8 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter {
     private var unboundDrops: UInt64 = 0
     /// The space and a private node whose one tap is the sink's queue; set by `bind`, used under the space lock.
     private unowned(unsafe) var space: Space?
+    /// The node the filter runs as: its execution space runs the inlet's tap too.
+    private unowned(unsafe) var owner: Node?
     private let inlet: Node
     private var shut = false
 
@@ -77,6 +79,7 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter {
     public func bind(space: Space, node: Node) throws(FilterError) {
         if linkType == nil { writeHeader(.ethernet) }
         self.space = space
+        owner = node
         space.addTap(inlet, sink.queue, .pcap(linkType!))
         FileWriter.shared.setReporter(sink) { [space] line in space.reportError(line) }
     }
@@ -97,10 +100,10 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter {
     public func process(_ block: inout Block) -> UInt32 {
         if linkType == nil { writeHeader(block.linkType) }
         if let lt = linkType, block.linkType.sameFraming(lt) {
-            if let s = space {
+            if let o = owner {
                 let before = inlet.stats.tapDrops
                 var b = block
-                s.forward(inlet, 1, &b)  // the tap writes the record header and joins the producer's batch
+                o.home.forward(inlet, 1, &b)  // the tap writes the record header and joins the producer's batch
                 if inlet.stats.tapDrops == before {
                     written &+= 1
                     appended &+= 16 &+ UInt64(block.count)
