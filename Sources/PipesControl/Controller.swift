@@ -23,7 +23,7 @@ public final class Controller: @unchecked Sendable {
     /// Names every filter directory holds as files.
     public static let fileNames: Set<String> = ["all", "all.pcap", "stats", "ctl"]
     /// Names the root holds as files.
-    public static let rootFileNames: Set<String> = [".errors", ".ctl"]
+    public static let rootFileNames: Set<String> = [".errors", ".ctl", ".spaces"]
 
     public init(space: Space = Space(), mountPoint: String = "/pipes", library: [String: FilterDescriptor] = FilterLibrary.byName) {
         self.space = space
@@ -328,6 +328,10 @@ public final class Controller: @unchecked Sendable {
         let oldName = n.name
         let oldSelector = n.selector
         space.move(n, under: newParent, name: newName, selector: selector)
+        if !space.spacesAcyclic() {
+            space.move(n, under: oldParent, name: oldName, selector: oldSelector)  // undo
+            throw fail(op, ControlError(EDEADLK, "'\(n.name)' runs in space \(n.home.index): below '\(newParent?.name ?? "/")' it would make execution spaces feed each other in a cycle (move it with ctl 'space K' first)"))
+        }
         let filter = fresh ?? n.filter
         do {
             try filter.attach(streamLinkType: newParent.flatMap { space.streamLinkType($0) } ?? space.streamLinkType(n))
@@ -364,6 +368,10 @@ public final class Controller: @unchecked Sendable {
                 throw fail(op, ControlError(EEXIST, "'\(dir.name)' already feeds '\(target.name)'"))
             }
             let id = space.addLink(in: dir, name: name, text: text, to: target)
+            if !space.spacesAcyclic() {
+                space.removeLink(in: dir, name: name)  // undo
+                throw fail(op, ControlError(EDEADLK, "'\(dir.name)' (space \(dir.home.index)) feeding '\(target.name)' (space \(target.home.index)) would make execution spaces feed each other in a cycle"))
+            }
             space.refresh()
             return id
         }
@@ -396,6 +404,7 @@ public final class Controller: @unchecked Sendable {
         let cmd = String(trimmed.prefix { $0 != " " && $0 != "\t" })
         let arg = String(trimmed.dropFirst(cmd.count)).trimmingWhitespace()
         if cmd == "args" { return try replaceArguments(node, arg, op: op) }
+        if cmd == "space" { return try placeNode(node, arg, op: op) }
         try withLock { () throws(ControlError) in
             if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
             switch node.filter.control(cmd, arg) {
@@ -404,6 +413,17 @@ public final class Controller: @unchecked Sendable {
             case nil:
                 throw fail(op, ControlError(EINVAL, "unknown command '\(cmd)' for \(node.descriptor.name) (see: cat ctl)"))
             }
+        }
+    }
+
+    /// `space K`: runs the node, and what below it ran with it, in execution space K (§6.2).
+    private func placeNode(_ node: Node, _ arg: String, op: String) throws(ControlError) {
+        guard let k = Int(arg) else {
+            throw fail(op, ControlError(EINVAL, "space wants a number, 0 to \(space.spaces.count - 1)"))
+        }
+        try withLock { () throws(ControlError) in
+            if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
+            do throws(PlacementError) { try space.place(node, inSpace: k) } catch { throw fail(op, ControlError(error.errno, error.message)) }
         }
     }
 
@@ -462,6 +482,7 @@ public final class Controller: @unchecked Sendable {
             if node.filter is GeneratorSource { cmds += ["start", "stop", "rate BPS"] }
             if node.filter is Count { cmds += ["reset"] }
             if node.filter is PcapOut { cmds += ["sync"] }
+            if !node.isSource && space.spaces.count > 1 { cmds += ["space 0..\(space.spaces.count - 1)"] }
             s += "commands: \(cmds.joined(separator: ", "))\n"
             return s
         }
@@ -479,7 +500,15 @@ public final class Controller: @unchecked Sendable {
                 ("readers", "\(node.taps.count + node.ringTaps.count)"),
                 ("writers_waiting", "\(space.pendingWriteCount(node))"),
                 ("stream", node.ended ? "ended" : "open"),
+                ("space", "\(node.home.index)"),
             ]
+            let chans = space.inputChannels(node)
+            if !chans.isEmpty {
+                // Records that crossed into this node's space: appended by the producers, delivered here, lost
+                // (overtaken on a lossy channel), refused (a lossless channel overshot by its maximum).
+                let sum = { (f: (SpaceChannel) -> UInt64) in chans.reduce(UInt64(0)) { $0 &+ f($1) } }
+                lines.append(("channel_in", "produced=\(sum { $0.produced }) delivered=\(sum { $0.delivered }) dropped=\(sum { $0.dropped }) refused=\(sum { $0.refused }) policy=\(chans[0].policy.rawValue)"))
+            }
             if node.isClassSelection { lines.insert(("class", node.selector.text), at: 1) }
             lines += node.filter.statistics()
             return lines.map { "\($0.0): \($0.1)\n" }.joined()

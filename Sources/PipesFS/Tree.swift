@@ -11,6 +11,7 @@ import PipesRuntime
 //     /pipes/
 //       .errors                 recent errors, newest last (read-only)
 //       .ctl                    write `source NAME=SCHEME:SPEC` to add a source
+//       .spaces                 execution spaces: CPU, thread, nodes, channels, records consumed (read-only)
 //       SOURCE/                 rx, tx, capture-file sources, junctions (any other top-level name)
 //         all                   live copy of the output from the moment of opening; writes inject
 //         all.pcap              the same stream as a pcap file (header, then records)
@@ -58,6 +59,7 @@ public enum FileKind: UInt64, CaseIterable, Sendable {
 public let rootInode: UInt64 = 1
 let errorsInode: UInt64 = 2
 let rootCtlInode: UInt64 = 3
+let spacesInode: UInt64 = 4
 
 /// Who asks: for ownership of new directories.
 public struct Caller: Sendable {
@@ -90,7 +92,7 @@ public final class Tree: @unchecked Sendable {
     // MARK: inode <-> node
 
     enum Resolved {
-        case root, errors, rootCtl
+        case root, errors, rootCtl, spaces
         case file(Node, FileKind)
         case link(dir: Node, id: UInt64, text: String, target: Node)
     }
@@ -101,6 +103,7 @@ public final class Tree: @unchecked Sendable {
         case rootInode: return .root
         case errorsInode: return .errors
         case rootCtlInode: return .rootCtl
+        case spacesInode: return .spaces
         default: break
         }
         let id = ino >> 4
@@ -129,7 +132,7 @@ public final class Tree: @unchecked Sendable {
         case .root:
             return Attributes(inode: rootInode, kind: .directory, mode: 0o755, links: 2 + UInt32(space.roots.count),
                               uid: owner.uid, gid: owner.gid, size: 0)
-        case .errors:
+        case .errors, .spaces:
             return Attributes(inode: ino, kind: .file, mode: 0o444, links: 1, uid: owner.uid, gid: owner.gid, size: 0)
         case .rootCtl:
             return Attributes(inode: ino, kind: .file, mode: 0o200, links: 1, uid: owner.uid, gid: owner.gid, size: 0)
@@ -173,6 +176,7 @@ public final class Tree: @unchecked Sendable {
             if dir == nil {
                 if name == ".errors" { return attributes(.errors, errorsInode) }
                 if name == ".ctl" { return attributes(.rootCtl, rootCtlInode) }
+                if name == ".spaces" { return attributes(.spaces, spacesInode) }
             } else if let d = dir, let k = FileKind.files.first(where: { $0.name == name }) {
                 return attributes(.file(d, k), 0)
             }
@@ -204,6 +208,7 @@ public final class Tree: @unchecked Sendable {
             } else {
                 out.append(DirectoryEntry(name: ".errors", inode: errorsInode, kind: .file))
                 out.append(DirectoryEntry(name: ".ctl", inode: rootCtlInode, kind: .file))
+                out.append(DirectoryEntry(name: ".spaces", inode: spacesInode, kind: .file))
                 for c in space.roots { out.append(DirectoryEntry(name: c.name, inode: c.id << 4, kind: .directory)) }
             }
             return out
@@ -230,7 +235,7 @@ public final class Tree: @unchecked Sendable {
 
     public func mkdir(_ parent: UInt64, _ name: String, caller: Caller) throws(FSError) -> Attributes {
         let p = try dirNode(parent, "mkdir \(name)")
-        if p == nil, name == ".errors" || name == ".ctl" {
+        if p == nil, name == ".errors" || name == ".ctl" || name == ".spaces" {
             throw controller.fail("mkdir /\(name)", FSError(EEXIST, "'\(name)' is a file of the root"))
         }
         let n = try controller.makeDirectory(in: p, named: name, uid: caller.uid, gid: caller.gid)
@@ -286,6 +291,11 @@ public final class Tree: @unchecked Sendable {
             space.lock.unlock()
             if writing { throw FSError(EACCES, ".errors is read-only") }
             return SnapshotFile(controller.errors.text)
+        case .spaces:
+            let text = space.spacesText()
+            space.lock.unlock()
+            if writing { throw FSError(EACCES, ".spaces is read-only") }
+            return SnapshotFile(text)
         case .rootCtl:
             space.lock.unlock()
             if reading { throw FSError(EACCES, ".ctl is write-only") }

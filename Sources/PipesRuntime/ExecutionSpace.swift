@@ -379,7 +379,7 @@ public final class GraphLock: @unchecked Sendable {
     }
 
     @inline(__always)
-    public func withLock<R>(_ body: () throws -> R) rethrows -> R {
+    public func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         lock()
         defer { unlock() }
         return try body()

@@ -1,4 +1,5 @@
 import PipesBuffering
+import PipesRingABI
 
 /// Execution spaces (§6.1–6.2): where each node runs, the channels of edges between spaces, and moving nodes
 /// between spaces. All of it runs with the graph lock held unless noted.
@@ -154,6 +155,15 @@ extension Space {
         }
         for i in 0..<n where state[i] == 0 { if !visit(i) { return false } }
         return true
+    }
+
+    /// Pins the calling thread, a source's, to space 0's CPU when the graph is spread over several spaces (a
+    /// source thread runs space 0's filters); with one space, threads stay where the system puts them.
+    public func pinSourceThread(name: String) {
+        pipes_set_thread_name(name)
+        guard spaces.count > 1, let c = main.cpu else { return }
+        let rc = pipes_pin_self(c)
+        if rc != 0 { reportError("\(name): cannot pin to CPU \(c) (errno \(-rc)): it runs unpinned") }
     }
 
     // MARK: shutdown

@@ -7,6 +7,7 @@ import PipesFilters
 import PipesFS
 import PipesFUSE
 import PipesRuntime
+import PipesRingABI
 
 @main
 struct PipesFSCommand: ParsableCommand {
@@ -51,8 +52,14 @@ struct Mount: ParsableCommand {
     var spool: String?
     @Flag(name: .long, help: "Add the demo source `demo` (a generated capture played in a loop) and a demo graph.")
     var demo = false
+    @Option(name: .long, help: "Execution spaces: threads, each pinned to a CPU, the graph can be spread over (echo 'space K' > DIR/ctl). 1 runs everything on the sources' threads.")
+    var spaces = 1
+    @Option(name: .customLong("space-cpus"), help: "CPUs of spaces 0, 1, ... (comma separated), or 'none' for unpinned threads. Default: space i on CPU i modulo the usable CPUs.")
+    var spaceCPUs: String?
 
     func run() throws {
+        let cpus: [Int32?]
+        do { cpus = try parseSpaceCPUs(spaces: spaces, spaceCPUs) } catch { fail(error.message) }
         var sources = source
         if !noRx { sources.insert("rx=live:\(rx)", at: 0) }
         if !noTx { sources.insert("tx=inject:\(tx)", at: min(1, sources.count)) }
@@ -85,7 +92,7 @@ struct Mount: ParsableCommand {
         let real = realpath(mountPoint, nil)
         let mp = real.map { String(cString: $0) } ?? mountPoint
         free(real)
-        let controller = Controller(mountPoint: mp)
+        let controller = Controller(space: Space(spaces: spaces, cpus: cpus), mountPoint: mp)
         let tree = Tree(controller: controller, owner: Caller(uid: getuid(), gid: getgid()))
         let fg = foreground
         openlog("pipesfs", LOG_PID, LOG_DAEMON)
@@ -119,6 +126,30 @@ struct Mount: ParsableCommand {
         if rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP { throw ExitCode(rc) }
     }
 }
+
+/// `--spaces N --space-cpus LIST`: the CPU of each space (nil: unpinned).
+func parseSpaceCPUs(spaces: Int, _ text: String?) throws(SpaceOptionError) -> [Int32?] {
+    guard (1...64).contains(spaces) else { throw SpaceOptionError(message: "--spaces \(spaces): want 1 to 64") }
+    guard let text else {
+        let n = Int(pipes_usable_cpus())
+        return (0..<spaces).map { Int32($0 % n) }
+    }
+    if text == "none" { return [Int32?](repeating: nil, count: spaces) }
+    let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { String($0.filter { $0 != " " }) }
+    var out: [Int32?] = []
+    for p in parts {
+        guard let c = Int32(p), c >= 0, c < 1024 else {
+            throw SpaceOptionError(message: "--space-cpus \(text): '\(p)' is not a CPU number (0 to 1023)")
+        }
+        out.append(c)
+    }
+    guard out.count == spaces else {
+        throw SpaceOptionError(message: "--space-cpus \(text): \(out.count) CPUs for \(spaces) spaces (give one per space)")
+    }
+    return out
+}
+
+struct SpaceOptionError: Error { var message: String }
 
 func syslogLine(_ line: String) {
     withVaList([]) { _ in }

@@ -54,7 +54,11 @@ public final class GeneratorSource: SourceFilter, @unchecked Sendable {
     public func attach(space: Space, node: Node) throws(FilterError) {
         self.space = space
         self.node = node
-        thread.start(name: "gen-\(node.name)") { [self] in run() }
+        let threadName = "gen-\(node.name)"
+        thread.start(name: threadName) { [self] in
+            space.pinSourceThread(name: threadName)
+            run()
+        }
     }
 
     public func setDemand(_ d: Bool) { state.withLock { demand = d; state.broadcast() } }

@@ -66,7 +66,10 @@ public final class LiveSource: SourceFilter, @unchecked Sendable {
     public func attach(space: Space, node: Node) throws(FilterError) {
         self.space = space
         self.node = node
-        thread.start(name: "rx-\(interface)") { [self] in run() }
+        thread.start(name: "rx-\(interface)") { [self] in
+            space.pinSourceThread(name: "rx-\(interface)")
+            run()
+        }
     }
 
     public func setDemand(_ d: Bool) {

@@ -95,7 +95,11 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
     public func attach(space: Space, node: Node) throws(FilterError) {
         self.space = space
         self.node = node
-        thread.start(name: "src-\(node.name)") { [self] in run() }
+        let threadName = "src-\(node.name)"
+        thread.start(name: threadName) { [self] in
+            space.pinSourceThread(name: threadName)
+            run()
+        }
     }
 
     public func setDemand(_ d: Bool) {
