@@ -181,6 +181,14 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
         (UInt64(1) << UInt64(pipes_load_acquire32(r.f.cutLog2))) / 4
     }
 
+    /// True when a waiting producer may go on: the consumer drained to half the congestion mark. The gap
+    /// (hysteresis) lets each wait cover many blocks instead of one wake-up per block at the mark.
+    private var hasRoom: Bool {
+        if policy != .block { return true }
+        if drainLock.withLock({ closed }) { return true }
+        return UInt64(ring.unreadBytes) < ChannelRing.congestionLimit(ring) / 2
+    }
+
     // MARK: consumer (the consuming space's lock held)
 
     /// The next record, or nil. On a `.drop` ring the bytes are a private copy, valid until the next `next()`;
@@ -214,7 +222,7 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
     public func consumerProgress() {
         pipes_fence_seq_cst()
         if pipes_load_acquire32(room + 1) == 0 { return }
-        if isCongested { return }
+        if !hasRoom { return }
         wakeProducers()
     }
 
@@ -253,7 +261,7 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
         guard isCongested else { return false }
         drainLock.withLock { drainWaiters.append(f) }
         watcher.request { [self] in
-            while isCongested { _ = waitUntilDrained(timeoutNanoseconds: 10_000_000) }
+            while !hasRoom { _ = waitUntilDrained(timeoutNanoseconds: 10_000_000) }
             fireDrainWaiters()
         }
         return true
@@ -270,13 +278,13 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
 
     public func waitUntilDrained(timeoutNanoseconds: Int64) -> Bool {
         let deadline = monotonicNow() &+ UInt64(max(0, timeoutNanoseconds))
-        while isCongested {
+        while !hasRoom {
             let now = monotonicNow()
             if now >= deadline { return false }
             let seen = pipes_load_acquire32(room)
             _ = pipes_fetch_add32(room + 1, 1)
             pipes_fence_seq_cst()
-            if isCongested { _ = pipes_futex_wait(room, seen, max(1000, min(deadline - now, 10_000_000))) }
+            if !hasRoom { _ = pipes_futex_wait(room, seen, max(1000, min(deadline - now, 10_000_000))) }
             _ = pipes_fetch_add32(room + 1, UInt32.max)
         }
         return true

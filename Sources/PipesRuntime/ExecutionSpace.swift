@@ -41,6 +41,9 @@ public final class ExecutionSpace: @unchecked Sendable {
     /// ring the doorbell).
     static let budget = 256
     static let idleSleepNanoseconds: UInt64 = 50_000_000
+    /// How long an idle scheduler keeps looking before it sleeps (the moderation delay: a producer's batch ends
+    /// with a signal at most this late anyway).
+    static let spinNanoseconds: Int64 = 50_000
 
     init(index: Int, cpu: Int32?) {
         self.index = index
@@ -224,8 +227,8 @@ public final class ExecutionSpace: @unchecked Sendable {
     /// Appends a block to the ring of an edge into another space. The link type travels as its raw value (not
     /// the libpcap one), so the consumer sees the same `LinkType`.
     private func deliverToChannel(_ uc: Unmanaged<SpaceChannel>, _ block: Block) {
-        uc._withUnsafeGuaranteedRef { ch in
-            let c = ch.ring
+        let hot = uc._withUnsafeGuaranteedRef { $0.hotRing }
+        hot._withUnsafeGuaranteedRef { c in
             let ts = Int64(block.seconds) &* 1_000_000_000 &+ Int64(block.nanoseconds)
             let r = c.append(block.bytes, classValue: block.classValue, wireLength: block.wireLength,
                              linkType: UInt16(truncatingIfNeeded: block.linkType.rawValue), timestampNanoseconds: ts)
@@ -303,7 +306,7 @@ public final class ExecutionSpace: @unchecked Sendable {
         let batch = Batch()
         var snapshot: [SpaceChannel] = []
         defer { snapshot = [] }
-        var spins = 0
+        var idleSince: Int64 = 0
         while true {
             lock.lock()
             if stopping { lock.unlock(); return }
@@ -322,14 +325,16 @@ public final class ExecutionSpace: @unchecked Sendable {
             lock.unlock()
             if ended { graph?.requestRefresh() }
             finishBatch(batch, mayWait: true) { [self] in lock.withLock { stopping } }
-            if moved != 0 { spins = 0; continue }
-            // Idle: spin a little (a producer in the middle of a batch publishes again soon), then sleep until a
-            // producer rings or the safety timeout.
-            if spins < 64 {
-                spins += 1
-                pipes_cpu_relax()
+            if moved != 0 { idleSince = 0; continue }
+            // Idle: keep looking for a while (a producer in the middle of a stream publishes again soon, and a
+            // sleep costs both sides a system call), then sleep until a producer rings or the safety timeout.
+            let now = monotonicNanoseconds()
+            if idleSince == 0 { idleSince = now }
+            if now - idleSince < ExecutionSpace.spinNanoseconds {
+                for _ in 0..<32 { pipes_cpu_relax() }
                 continue
             }
+            idleSince = 0
             let token = doorbell.prepareSleep()
             let work: Bool = lock.withLock {
                 if stopping || inputs.contains(where: { $0.mayHaveRecords || ($0.endPending && $0.isDrained) }) { return true }
@@ -341,7 +346,6 @@ public final class ExecutionSpace: @unchecked Sendable {
                 continue
             }
             doorbell.sleep(token: token, timeoutNanoseconds: ExecutionSpace.idleSleepNanoseconds)
-            spins = 0
         }
     }
 

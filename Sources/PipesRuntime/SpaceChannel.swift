@@ -14,7 +14,11 @@ public final class SpaceChannel: @unchecked Sendable {
     public unowned(unsafe) let source: Node
     public unowned(unsafe) let dest: Node
     /// The ring appended to now (graph to replace; producer to append).
-    public private(set) var ring: ChannelRing
+    public private(set) var ring: ChannelRing {
+        didSet { hotRing = Unmanaged.passUnretained(ring) }
+    }
+    /// `ring` for the producer's hot path: no reference counting per block (`ring` keeps it alive).
+    private(set) var hotRing: Unmanaged<ChannelRing>
     /// Rings replaced by a policy change, still read until drained (consumer).
     private var retired: [ChannelRing] = []
     /// Set by `refresh()` when the source ended while records were still in flight: the consumer asks for
@@ -33,7 +37,9 @@ public final class SpaceChannel: @unchecked Sendable {
         self.source = source
         self.dest = dest
         self.consumer = consumer
-        ring = try ChannelRing(policy: policy, doorbell: consumer.doorbell, sizeLog2: sizeLog2, threshold: threshold, ringID: dest.id)
+        let r = try ChannelRing(policy: policy, doorbell: consumer.doorbell, sizeLog2: sizeLog2, threshold: threshold, ringID: dest.id)
+        ring = r
+        hotRing = Unmanaged.passUnretained(r)
     }
 
     public var policy: OverflowPolicy { ring.policy }

@@ -29,3 +29,10 @@ echo "$out"
 [ "$(echo "$out" | grep -cE '^(mapped|fuse) ')" = 4 ] || fail "bench fanout: expected four rows"
 awk '$3 == "fuse.pipesfs" && $2 ~ /pipesfs-bench/' /proc/mounts | grep -q . && fail "bench fanout left a mount behind"
 ok "bench scale, splice and fanout moved every byte"
+
+# `bench spaces`: a two-stage pipeline in one execution space and spread over two (pinned and unpinned); it
+# fails unless the sink counted every block exactly once and the channel between the spaces delivered them all.
+out=$("$PIPESFS" bench spaces --count 200000 --runs 1)
+echo "$out"
+[ "$(echo "$out" | grep -cE '^(one space|two spaces)')" = 3 ] || fail "bench spaces: expected three rows"
+ok "bench spaces moved every block through one and two execution spaces"
