@@ -55,6 +55,8 @@ struct PipelineBench: ParsableCommand {
     @Option(help: "The equivalent tcpdump expression (baseline).") var expression = "ip and tcp dst port 80"
     @Option(help: "Runs of each; the best is reported.") var runs = 3
     @Flag(help: "Only run the pipeline (for profiling).") var noBaseline = false
+    @Option(name: .customLong("cross-at"), help: "Run the chain from its Nth directory on (1 = the first) in a second execution space, fed through a channel.")
+    var crossAt: Int?
 
     func run() throws {
         guard let st = fileStatus(file) else { fail("cannot open \(file)") }
@@ -95,15 +97,23 @@ struct PipelineBench: ParsableCommand {
     func rate(_ n: UInt64, _ t: Double) -> String { String(Int(Double(n) / t)) }
 
     func runChain() throws -> (Double, UInt64, UInt64) {
-        let c = Controller()
+        let c = Controller(space: Space(spaces: crossAt == nil ? 1 : 2))
         let src = try c.addSource("bench=pcap:\(file),paused")
         var parent = src
-        for part in chain.split(separator: "/") { parent = try c.makeDirectory(in: parent, named: String(part)) }
+        for (i, part) in chain.split(separator: "/").enumerated() {
+            parent = try c.makeDirectory(in: parent, named: String(part))
+            if let k = crossAt, k == i + 1 { try c.control(parent, "space 1") }
+        }
         let t0 = monotonicNanoseconds()
         try c.control(src, "start")
         // Wait on the source's own state (woken when it finishes), not the space lock.
         guard let s = src.filter as? PcapFileSource, s.waitUntilFinished(timeoutNanoseconds: 600_000_000_000) else {
             throw ValidationError("the capture did not finish playing within 10 minutes")
+        }
+        if crossAt != nil {
+            // The last blocks may still be crossing into the second space: the stream ends when they arrived.
+            let last = parent
+            while !c.space.lock.withLock({ last.ended }) { usleep(100) }
         }
         let t = Double(monotonicNanoseconds() - t0) / 1e9
         let (total, sel) = c.space.lock.withLock { (src.stats.packetsIn, parent.stats.packetsIn) }
