@@ -49,13 +49,17 @@ typealias Deliveries = DeliveryLog<Got>
 
 /// A tree with no mount, driven like the FUSE layer drives it.
 final class FS {
-    let controller = Controller()
+    let controller: Controller
     let tree: Tree
     private var nextRequest: UInt64 = 100
     /// Capture files written for this tree, removed with it.
     private var files: [String] = []
 
-    init() { tree = Tree(controller: controller) }
+    /// A tree over a graph of `spaces` execution spaces (unpinned).
+    init(spaces: Int = 1) {
+        controller = Controller(space: Space(spaces: spaces))
+        tree = Tree(controller: controller)
+    }
     deinit {
         controller.shutdown()
         for f in files { unlink(f) }
@@ -275,7 +279,7 @@ struct TreeTests {
         try fs.tree.rmdir(a, "count")
         #expect(errnoOf { _ = try fs.tree.getattr(count) } == ENOENT, "the inode of a removed filter is stale")
         try fs.tree.rmdir(rootInode, "a")
-        #expect(try fs.names(rootInode) == [".", "..", ".errors", ".ctl"])
+        #expect(try fs.names(rootInode) == [".", "..", ".errors", ".ctl", ".spaces"])
     }
 
     @Test("rename re-parents a filter live; readers keep their files")
@@ -464,7 +468,7 @@ struct TreeTests {
             Entry("tob", link, .symlink),
         ])
         #expect(try fs.entries(count)[1] == Entry("..", a, .directory))
-        #expect(try fs.names(rootInode) == [".", "..", ".errors", ".ctl", "a", "b"])
+        #expect(try fs.names(rootInode) == [".", "..", ".errors", ".ctl", ".spaces", "a", "b"])
         #expect(errnoOf { _ = try fs.tree.readdir(a | FileKind.stats.rawValue) } == ENOTDIR)
         #expect(errnoOf { _ = try fs.tree.readdir(0x7777_0000) } == ENOENT)
         for (name, ino) in [("all", FileKind.all), ("all.pcap", .pcap), ("stats", .stats), ("ctl", .ctl)] {
@@ -676,6 +680,41 @@ struct TreeTests {
         #expect(try fs.text(e, .ctl).contains("args: raw"))
     }
 
+    @Test("execution spaces: ctl 'space K' moves a stage with its subtree; stats and .spaces show it; bad placements are EINVAL or EDEADLK")
+    func spaces() throws {
+        let fs = FS(spaces: 2)
+        let j = try fs.mkdir(rootInode, "j")
+        let count = try fs.mkdir(j, "count")
+        let match = try fs.mkdir(count, "match=x")
+        #expect(try fs.text(count, .ctl).contains("commands: args TEXT, reset, space 0..1"))
+        #expect(try fs.text(match, .stats).contains("\nspace: 0\n"))
+        try fs.write(try fs.open(count, .ctl, O_WRONLY), "space 1\n")
+        #expect(try fs.text(count, .stats).contains("\nspace: 1\n"))
+        #expect(try fs.text(match, .stats).contains("\nspace: 1\n"), "the subtree moves with it")
+        #expect(try fs.text(j, .stats).contains("\nspace: 0\n"))
+        // A write into j crosses into space 1: count sees it once it crossed.
+        try fs.write(try fs.open(j, .all, O_WRONLY), "hello")
+        let countFilter = try #require(fs.node("/pipes/j/count")?.filter as? Count)
+        #expect(eventually(within: 10, pollingEvery: 1_000) { fs.controller.space.lock.withLock { countFilter.packets == 1 } })
+        let stats = try fs.text(count, .stats)
+        #expect(stats.contains("channel_in: produced=1 delivered=1 dropped=0 refused=0 policy=block"), "\(stats)")
+        // .spaces: a header and one line per space; space 1 has a thread and one input channel.
+        let lines = fs.read(try fs.tree.open(4, flags: O_RDONLY, caller: .root)).string.split(separator: "\n")
+        #expect(lines.count == 3)
+        #expect(lines.first?.hasPrefix("# space cpu thread") == true)
+        #expect(lines.count == 3 && lines[2].split(separator: " ")[4] == "1")
+        #expect(errnoOf { _ = try fs.tree.open(4, flags: O_WRONLY, caller: .root) } == EACCES)
+        #expect(errnoOf { _ = try fs.mkdir(rootInode, ".spaces") } == EEXIST)
+        // Refusals.
+        let ctl = try fs.open(match, .ctl, O_WRONLY)
+        #expect(errnoOf { try fs.write(ctl, "space 2\n") } == EINVAL)
+        #expect(errnoOf { try fs.write(ctl, "space x\n") } == EINVAL)
+        #expect(errnoOf { try fs.write(ctl, "space 0\n") } == EDEADLK, "0 → 1 → 0")
+        #expect(fs.controller.errors.text.contains("cycle"))
+        #expect(errnoOf { try fs.write(try fs.open(j, .ctl, O_WRONLY), "space 1\n") } == nil, "a junction may move")
+        #expect(try fs.text(match, .stats).contains("\nspace: 1\n"))
+    }
+
     @Test(".ctl at the root adds sources; .errors shows refused operations")
     func rootCtlAndErrors() throws {
         let fs = FS()
@@ -719,6 +758,7 @@ struct TreeTests {
             readers: 1
             writers_waiting: 0
             stream: open
+            space: 0
             count_packets: 2
             count_bytes: 12
 
