@@ -81,7 +81,11 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
     public let policy: OverflowPolicy
     public let ring: DBuf
     public let reader: DBufReader
-    public let threshold: UInt32
+    /// Moderation (§6.2), per ring: the consumer is signalled every `threshold` records, and what a producer's
+    /// batch leaves unsignalled at most `delayNanoseconds` after the batch (0: at its end). Set under the graph
+    /// lock (it holds the producer's).
+    public var threshold: UInt32
+    public var delayNanoseconds: UInt32 = 200_000
     private let doorbell: Doorbell
     /// Producer side (the producing space's lock).
     private var sinceSignal: UInt32 = 0

@@ -405,6 +405,7 @@ public final class Controller: @unchecked Sendable {
         let arg = String(trimmed.dropFirst(cmd.count)).trimmingWhitespace()
         if cmd == "args" { return try replaceArguments(node, arg, op: op) }
         if cmd == "space" { return try placeNode(node, arg, op: op) }
+        if cmd == "moderation" { return try moderate(node, arg, op: op) }
         try withLock { () throws(ControlError) in
             if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
             switch node.filter.control(cmd, arg) {
@@ -424,6 +425,22 @@ public final class Controller: @unchecked Sendable {
         try withLock { () throws(ControlError) in
             if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
             do throws(PlacementError) { try space.place(node, inSpace: k) } catch { throw fail(op, ControlError(error.errno, error.message)) }
+        }
+    }
+
+    /// `moderation THRESHOLD DELAY_US`: how blocks crossing into this node's space are signalled (§6.2).
+    private func moderate(_ node: Node, _ arg: String, op: String) throws(ControlError) {
+        let parts = arg.split(separator: " ", omittingEmptySubsequences: true)
+        guard parts.count == 2, let t = Int(parts[0]), let us = Int(parts[1]) else {
+            throw fail(op, ControlError(EINVAL, "moderation wants THRESHOLD (blocks) and DELAY (microseconds), e.g. 'moderation 32 200'"))
+        }
+        try withLock { () throws(ControlError) in
+            if node.removed { throw fail(op, ControlError(ENOENT, "filter was removed")) }
+            do throws(PlacementError) {
+                try space.setModeration(node, threshold: t, delayNanoseconds: us.multipliedReportingOverflow(by: 1000).overflow ? -1 : us * 1000)
+            } catch {
+                throw fail(op, ControlError(error.errno, error.message))
+            }
         }
     }
 
@@ -482,7 +499,7 @@ public final class Controller: @unchecked Sendable {
             if node.filter is GeneratorSource { cmds += ["start", "stop", "rate BPS"] }
             if node.filter is Count { cmds += ["reset"] }
             if node.filter is PcapOut { cmds += ["sync"] }
-            if !node.isSource && space.spaces.count > 1 { cmds += ["space 0..\(space.spaces.count - 1)"] }
+            if !node.isSource && space.spaces.count > 1 { cmds += ["space 0..\(space.spaces.count - 1)", "moderation THRESHOLD DELAY_US"] }
             s += "commands: \(cmds.joined(separator: ", "))\n"
             return s
         }
@@ -507,7 +524,8 @@ public final class Controller: @unchecked Sendable {
                 // Records that crossed into this node's space: appended by the producers, delivered here, lost
                 // (overtaken on a lossy channel), refused (a lossless channel overshot by its maximum).
                 let sum = { (f: (SpaceChannel) -> UInt64) in chans.reduce(UInt64(0)) { $0 &+ f($1) } }
-                lines.append(("channel_in", "produced=\(sum { $0.produced }) delivered=\(sum { $0.delivered }) dropped=\(sum { $0.dropped }) refused=\(sum { $0.refused }) policy=\(chans[0].policy.rawValue)"))
+                let r = chans[0].ring
+                lines.append(("channel_in", "produced=\(sum { $0.produced }) delivered=\(sum { $0.delivered }) dropped=\(sum { $0.dropped }) refused=\(sum { $0.refused }) policy=\(chans[0].policy.rawValue) threshold=\(r.threshold) delay_us=\(r.delayNanoseconds / 1000)"))
             }
             if node.isClassSelection { lines.insert(("class", node.selector.text), at: 1) }
             lines += node.filter.statistics()

@@ -88,6 +88,8 @@ public final class ExecutionSpace: @unchecked Sendable {
 
     private var deferredFlushes: [ExportRing] = []
     private var deferredSignals: [ChannelRing] = []
+    /// The shortest delay among what is deferred now (lock held).
+    private var deferredDelay: UInt32 = Space.moderationDelayNanoseconds
     private let flusher = OnDemandWorker(name: "ring-flush")
 
     /// Lock held.
@@ -104,17 +106,24 @@ public final class ExecutionSpace: @unchecked Sendable {
             }
         }
         b.exports.removeAll(keepingCapacity: true)
+        if kick { deferredDelay = Space.moderationDelayNanoseconds }
         for c in b.channels {
-            if waiting { c.signal() } else { deferredSignals.append(c) }
+            if waiting || c.delayNanoseconds == 0 {
+                c.signal()
+            } else {
+                deferredSignals.append(c)
+                deferredDelay = min(deferredDelay, c.delayNanoseconds)
+            }
         }
         b.channels.removeAll(keepingCapacity: true)
         if kick && (!deferredFlushes.isEmpty || !deferredSignals.isEmpty) {
-            flusher.request { [self] in flushDeferred() }
+            let delay = deferredDelay
+            flusher.request { [self] in flushDeferred(after: delay) }
         }
     }
 
-    private func flushDeferred() {
-        usleep(Space.moderationDelayNanoseconds / 1000)
+    private func flushDeferred(after delay: UInt32) {
+        usleep(max(1, delay / 1000))
         lock.withLock {
             for x in deferredFlushes { x.flush() }
             deferredFlushes.removeAll(keepingCapacity: true)

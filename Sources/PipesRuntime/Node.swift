@@ -114,6 +114,9 @@ public final class Node: @unchecked Sendable {
         return p
     }()
     public var homeIndex: Int { Int(Int32(bitPattern: pipes_load_acquire32(homeWord))) }
+    /// Moderation of the channels that feed this node from other spaces (`ctl moderation`), or nil for the
+    /// space's defaults. Graph lock held.
+    public internal(set) var moderation: (threshold: Int, delayNanoseconds: UInt32)?
     /// Channels of the edges from this node into nodes of other spaces, by child. Graph lock held.
     public internal(set) var outChannels: [ObjectIdentifier: SpaceChannel] = [:]
 

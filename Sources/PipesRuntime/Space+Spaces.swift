@@ -42,6 +42,7 @@ extension Space {
             do throws(RingError) {
                 let ch = try SpaceChannel(source: node, dest: o.node, policy: isFedByLiveSource(node) ? .drop : .block,
                                           consumer: consumer, sizeLog2: channelSizeLog2, threshold: channelThreshold)
+                if let m = o.node.moderation { ch.setModeration(threshold: m.threshold, delayNanoseconds: m.delayNanoseconds) }
                 node.outChannels[key] = ch
                 consumer.inputs.append(ch)
                 consumer.startIfNeeded()
@@ -94,6 +95,20 @@ extension Space {
     /// Any thread.
     func requestRefresh() {
         refresher.request { [self] in lock.withLock { refresh() } }
+    }
+
+    /// `ctl moderation THRESHOLD DELAY_US` (§6.2): how the channels feeding `node` signal its space — every
+    /// `threshold` blocks, and what a producer's batch leaves unsignalled at most `delayNanoseconds` later (0:
+    /// at the batch's end). Kept for channels made later. Refused (EINVAL) outside 1...65536 and 0...1 s.
+    public func setModeration(_ node: Node, threshold: Int, delayNanoseconds: Int) throws(PlacementError) {
+        guard (1...65536).contains(threshold) else {
+            throw PlacementError(EINVAL_, "moderation threshold \(threshold): want 1 to 65536 blocks")
+        }
+        guard (0...1_000_000_000).contains(delayNanoseconds) else {
+            throw PlacementError(EINVAL_, "moderation delay: want 0 to 1000000 microseconds")
+        }
+        node.moderation = (threshold, UInt32(delayNanoseconds))
+        for ch in inputChannels(node) { ch.setModeration(threshold: threshold, delayNanoseconds: UInt32(delayNanoseconds)) }
     }
 
     // MARK: placement

@@ -44,9 +44,17 @@ public final class SpaceChannel: @unchecked Sendable {
 
     public var policy: OverflowPolicy { ring.policy }
 
-    /// A new ring with `policy`, the old one drained first by the consumer (graph lock held).
+    /// Moderation of the channel's signals (graph lock held): see `ChannelRing.threshold`.
+    public func setModeration(threshold: Int, delayNanoseconds: UInt32) {
+        ring.threshold = UInt32(max(1, threshold))
+        ring.delayNanoseconds = delayNanoseconds
+    }
+
+    /// A new ring with `policy`, the old one drained first by the consumer (graph lock held). The moderation
+    /// settings carry over.
     func replaceRing(policy: OverflowPolicy, doorbell: Doorbell, sizeLog2: Int, threshold: Int) throws(RingError) {
-        let fresh = try ChannelRing(policy: policy, doorbell: doorbell, sizeLog2: sizeLog2, threshold: threshold, ringID: dest.id)
+        let fresh = try ChannelRing(policy: policy, doorbell: doorbell, sizeLog2: sizeLog2, threshold: Int(ring.threshold), ringID: dest.id)
+        fresh.delayNanoseconds = ring.delayNanoseconds
         ring.close()
         retired.append(ring)
         ring = fresh

@@ -711,6 +711,10 @@ struct TreeTests {
         #expect(errnoOf { try fs.write(ctl, "space x\n") } == EINVAL)
         #expect(errnoOf { try fs.write(ctl, "space 0\n") } == EDEADLK, "0 → 1 → 0")
         #expect(fs.controller.errors.text.contains("cycle"))
+        #expect(errnoOf { try fs.write(ctl, "moderation 8 50\n") } == nil)
+        #expect(errnoOf { try fs.write(ctl, "moderation 8\n") } == EINVAL)
+        #expect(errnoOf { try fs.write(try fs.open(count, .ctl, O_WRONLY), "moderation 16 0\n") } == nil)
+        #expect(try fs.text(count, .stats).contains("policy=block threshold=16 delay_us=0"))
         #expect(errnoOf { try fs.write(try fs.open(j, .ctl, O_WRONLY), "space 1\n") } == nil, "a junction may move")
         #expect(try fs.text(match, .stats).contains("\nspace: 1\n"))
     }

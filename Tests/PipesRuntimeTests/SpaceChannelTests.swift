@@ -349,6 +349,38 @@ struct SpaceChannelTests {
         }
     }
 
+    @Test("moderation is per channel: threshold and delay are set on the node fed, kept for new channels, checked")
+    func moderationSettings() throws {
+        let g = SpacedGraph(spaces: 2)
+        try g.space.lock.withLock { () throws(PlacementError) in try g.space.setModeration(g.a, threshold: 4, delayNanoseconds: 0) }
+        try g.place(g.a, 1)  // the channel made now takes the node's settings
+        g.space.lock.withLock {
+            let r = g.space.inputChannels(g.a)[0].ring
+            #expect(r.threshold == 4 && r.delayNanoseconds == 0)
+        }
+        // Lone blocks into a sleeping space arrive (signalled at the batch's end), with either setting.
+        usleep(100_000)
+        produce(g.space, into: g.source, count: 1)
+        #expect(g.waitReceived(g.ca, 1, within: 10) == 1)
+        try g.space.lock.withLock { () throws(PlacementError) in try g.space.setModeration(g.a, threshold: 64, delayNanoseconds: 300_000) }
+        usleep(100_000)
+        produce(g.space, into: g.source, count: 1, from: 1)
+        #expect(g.waitReceived(g.ca, 2, within: 10) == 2)
+        g.space.lock.withLock {
+            let r = g.space.inputChannels(g.a)[0].ring
+            #expect(r.threshold == 64 && r.delayNanoseconds == 300_000)
+            #expect(g.ca.outOfOrder == 0)
+        }
+        for (t, d) in [(0, 0), (65537, 0), (32, -1), (32, 2_000_000_000)] {
+            do {
+                try g.space.lock.withLock { () throws(PlacementError) in try g.space.setModeration(g.a, threshold: t, delayNanoseconds: d) }
+                Issue.record("moderation \(t) \(d) was accepted")
+            } catch {
+                #expect(error.errno == EINVAL)
+            }
+        }
+    }
+
     @Test("a write injected into a node of another space runs there")
     func injectIntoOtherSpace() throws {
         let space = Space(spaces: 2, cpus: [])
