@@ -10,12 +10,12 @@ extension Space {
         let outs = node.outputs
         var wanted = Set<ObjectIdentifier>()
         for o in outs where o.node.home !== node.home { wanted.insert(ObjectIdentifier(o.node)) }
-        // Edges gone, or now local.
+        // Edges gone, or now local. What is in flight was sent while the edge stood: it is delivered first (the
+        // child may have moved elsewhere, or now runs next to its parent), unless the child is gone.
         for (key, ch) in node.outChannels where !wanted.contains(key) {
-            if let o = outs.first(where: { ObjectIdentifier($0.node) == key }) {
-                // Still an edge, both ends in one space now: what is in flight goes first.
+            if !ch.dest.removed {
                 let b = Batch()
-                o.node.home.drainInline(ch, b)
+                ch.dest.home.drainInline(ch, b)
                 finishInline(b)
             }
             retire(ch)

@@ -306,6 +306,30 @@ struct SpaceChannelTests {
         }
     }
 
+    @Test("re-parenting a stage of another space (mv) delivers what was in flight from its old parent first")
+    func moveKeepsInFlight() throws {
+        let g = SpacedGraph(spaces: 2, pause: 2_000)
+        let p2 = handMadeNode(g.space, "p2", RecordingFilter(forwardAs: 1))
+        g.space.lock.withLock { g.space.attach(p2, under: g.source) }
+        try g.place(g.a, 1)
+        let n: UInt64 = 20_000
+        produce(g.space, into: g.source, count: n, size: 64)
+        let inFlight: UInt64 = g.space.lock.withLock {
+            let left = n - g.ca.received
+            g.space.move(g.a, under: p2, name: "a", selector: .any)
+            g.space.refresh()
+            return left
+        }
+        #expect(inFlight > 0, "the consumer was too fast for the test to mean anything")
+        g.space.lock.withLock {
+            #expect(g.ca.received == n, "in flight at the move: \(inFlight); delivered: \(g.ca.received)")
+            #expect(g.source.outChannels.isEmpty && p2.outChannels.count == 1)
+        }
+        produce(g.space, into: g.source, count: 1000, size: 64, from: n)
+        #expect(g.waitReceived(g.ca, n + 1000) == n + 1000)
+        g.space.lock.withLock { #expect(g.ca.outOfOrder == 0 && g.ca.gaps == 0) }
+    }
+
     @Test("three spaces in a chain: each crossing gets its own channel; removing the last stage with blocks in flight is safe")
     func chainAndRemove() throws {
         let g = SpacedGraph(spaces: 3)
