@@ -32,6 +32,7 @@ let package = Package(
         .target(name: "PipesBuffering", dependencies: ["PipesRingABI"], swiftSettings: hotPath),
         // §6 processing: blocks, the filter protocol, graph, execution by function calls.
         .target(name: "PipesRuntime", dependencies: ["PipesBuffering", "PipesRingABI"], swiftSettings: hotPath),
+        .target(name: "PipesSRL"),
         // §6.1 the filter library, one file per filter.
         .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "CPcap", "CURing"], swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.
@@ -54,6 +55,7 @@ let package = Package(
         .target(name: "PipesTestSupport", dependencies: ["PipesRuntime", "PipesBuffering"], path: "Tests/PipesTestSupport"),
         .testTarget(name: "PipesBufferingTests", dependencies: ["PipesBuffering", "PipesTestSupport"]),
         .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime", "PipesBuffering", "PipesTestSupport"]),
+        .testTarget(name: "PipesSRLTests", dependencies: ["PipesSRL"]),
         .testTarget(
             name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap", "PipesTestSupport"],
             resources: [.copy("Resources")]
