@@ -36,7 +36,7 @@ let package = Package(
         // §6.1 the filter library, one file per filter.
         .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "CPcap", "CURing"], swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.
-        .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters", "PipesBuffering"]),
+        .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters", "PipesBuffering", "PipesSRL"]),
         // §4.1 the graph as a node tree (no FUSE types; unit-testable without a mount).
         .target(name: "PipesFS", dependencies: ["PipesControl", "PipesRuntime", "PipesBuffering", "PipesFilters"]),
         // The libfuse3 low-level wire layer, bridging to PipesFS.
@@ -48,7 +48,7 @@ let package = Package(
         .executableTarget(
             name: "pipesfs",
             dependencies: [
-                "PipesFUSE", "PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering", "PipesRingABI", "CIPCBaseline", "PipesClient",
+                "PipesFUSE", "PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering", "PipesRingABI", "CIPCBaseline", "PipesClient", "PipesSRL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -57,7 +57,7 @@ let package = Package(
         .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime", "PipesBuffering", "PipesTestSupport"]),
         .testTarget(name: "PipesSRLTests", dependencies: ["PipesSRL"]),
         .testTarget(
-            name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap", "PipesTestSupport"],
+            name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap", "PipesTestSupport", "PipesSRL"],
             resources: [.copy("Resources")]
         ),
         .testTarget(name: "PipesFSTests", dependencies: ["PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering", "PipesTestSupport"]),

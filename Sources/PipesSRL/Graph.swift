@@ -44,9 +44,14 @@ public struct RequestGraph: Equatable, Sendable {
     public struct Edge: Equatable, Sendable {
         public var from: Int
         public var to: Int
-        /// The pipe's selector ("" for a plain pipe).
+        /// The pipe's selector ("" for a plain pipe) and where it is written.
         public var selector: String
         public var role: Role
+        public var selectorRange: SourceRange?
+
+        public static func == (a: Edge, b: Edge) -> Bool {
+            a.from == b.from && a.to == b.to && a.selector == b.selector && a.role == b.role
+        }
     }
 
     public var nodes: [Node] = []
@@ -77,8 +82,8 @@ private struct Builder {
     var edges: [RequestGraph.Edge] = []
     var tagged: [String: Int] = [:]
 
-    /// An input arc still to be made: from `node` with `selector`.
-    typealias Input = (node: Int, selector: String)
+    /// An input arc still to be made: from `node` with `selector` (written at `range`).
+    typealias Input = (node: Int, selector: String, range: SourceRange?)
 
     mutating func add(_ kind: RequestGraph.Kind, _ range: SourceRange) -> Int {
         nodes.append(RequestGraph.Node(id: nodes.count, kind: kind, range: range))
@@ -87,7 +92,7 @@ private struct Builder {
 
     mutating func connect(_ inputs: [Input], to id: Int, role: RequestGraph.Role = .data) {
         for i in inputs {
-            let e = RequestGraph.Edge(from: i.node, to: id, selector: i.selector, role: role)
+            let e = RequestGraph.Edge(from: i.node, to: id, selector: i.selector, role: role, selectorRange: i.range)
             if !edges.contains(e) { edges.append(e) }
         }
     }
@@ -112,7 +117,8 @@ private struct Builder {
         case .sequence(let stages, let pipes):
             var outs = try build(stages[0], inputs: inputs)
             for (i, stage) in stages.dropFirst().enumerated() {
-                outs = try build(stage, inputs: outs.map { ($0, pipes[i].isAll ? "" : pipes[i].text) })
+                let p = pipes[i]
+                outs = try build(stage, inputs: outs.map { ($0, p.isAll ? "" : p.text, p.isAll ? nil : p.selectorRange) })
             }
             return outs
         case .parallel(let kind, let branches, let range):
@@ -123,7 +129,7 @@ private struct Builder {
                 return outs
             case .union, .intersect:
                 let join = add(kind == .union ? .union : .intersect, range)
-                connect(outs.map { ($0, "") }, to: join)
+                connect(outs.map { ($0, "", nil) }, to: join)
                 return [join]
             }
         case .negation(let inner, let range):
@@ -133,7 +139,7 @@ private struct Builder {
             }
             let diff = add(.difference, range)
             let vetoes = try build(inner, inputs: inputs)
-            connect(vetoes.map { ($0, "") }, to: diff, role: .veto)
+            connect(vetoes.map { ($0, "", nil) }, to: diff, role: .veto)
             connect(inputs, to: diff)
             return [diff]
         }

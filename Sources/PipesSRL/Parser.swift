@@ -225,7 +225,7 @@ struct Parser {
             case .word(let w):
                 call.arguments.append(try argument(w, token.range))
             case .quoted(let q):
-                call.arguments.append(Argument(key: nil, value: q, quoted: true, range: token.range))
+                call.arguments.append(FilterArgument(key: nil, value: q, quoted: true, range: token.range))
             case .option(let k, let v):
                 try option(k, v, &call)
             default:
@@ -236,17 +236,17 @@ struct Parser {
         }
     }
 
-    private func argument(_ w: String, _ range: SourceRange) throws(SRLError) -> Argument {
-        guard let eq = w.firstIndex(of: "=") else { return Argument(key: nil, value: w, quoted: false, range: range) }
+    private func argument(_ w: String, _ range: SourceRange) throws(SRLError) -> FilterArgument {
+        guard let eq = w.firstIndex(of: "=") else { return FilterArgument(key: nil, value: w, quoted: false, range: range) }
         let key = w[..<eq]
         let value = w[w.index(after: eq)...]
         if key.isEmpty { throw fail("argument '\(w)' has no key before '='", range) }
         guard Parser.isIdentifier(key) else {
             // Not key=value (e.g. a path with '=' in it): a plain word.
-            return Argument(key: nil, value: w, quoted: false, range: range)
+            return FilterArgument(key: nil, value: w, quoted: false, range: range)
         }
         if value.isEmpty { throw fail("argument '\(w)' has no value after '=' (quote an empty one: \(key)=\"\")", range) }
-        return Argument(key: String(key), value: String(value), quoted: false, range: range)
+        return FilterArgument(key: String(key), value: String(value), quoted: false, range: range)
     }
 
     private func option(_ k: String, _ v: String?, _ call: inout FilterCall) throws(SRLError) {

@@ -34,7 +34,7 @@ public struct SourceRange: Equatable, Sendable {
 }
 
 /// One argument of a filter: a word, a quoted string, or `key=value`.
-public struct Argument: Equatable, Sendable {
+public struct FilterArgument: Equatable, Sendable {
     /// Set for `key=value` (unquoted key).
     public var key: String?
     public var value: String
@@ -49,7 +49,7 @@ public struct Argument: Equatable, Sendable {
 /// A filter mention: its name, arguments and options.
 public struct FilterCall: Equatable, Sendable {
     public var name: String
-    public var arguments: [Argument]
+    public var arguments: [FilterArgument]
     /// `--name=X`: mentions with the same tag are one instance (cycles and joins, §4.2).
     public var tag: String?
     /// `--space=K`: run it in execution space K (a placement hint for the control plane).
@@ -68,6 +68,13 @@ public struct PipeSelector: Equatable, Sendable {
     public var range: SourceRange
     /// True for a plain pipe or `|all`.
     public var isAll: Bool { text.isEmpty || text == "all" }
+    /// Where the selector text is (after the `|`).
+    public var selectorRange: SourceRange {
+        var at = range.start
+        at.column += 1
+        at.offset += 1
+        return SourceRange(at, length: max(1, range.length - 1))
+    }
 }
 
 /// The kinds of parallel composition.
