@@ -42,3 +42,16 @@ kill -TERM "$LAST_PID"
 wait_exit "$LAST_PID" 2
 grep -q "^readers: 0" "$MP/q/stats" || fail "interrupted reader still counted"
 ok "tools"
+
+# The request language: `pipesfs explain` prints the graph of a request, or refuses it with a caret (status 2).
+out=$("$PIPESFS" explain 'rx | ip | tcp | dport |http count + match GET')
+echo "$out"
+echo "$out" | grep -q "#3 dport -> #4 count \[http\]" || fail "explain: no arc dport -> count [http]"
+echo "$out" | grep -q "#3 dport -> #5 match \[http\]" || fail "explain: + binds tighter than |: match is fed by dport [http]"
+set +e
+err=$("$PIPESFS" explain 'rx | ip | tcp | dport |htp count' 2>&1 >/dev/null); rc=$?
+set -e
+[ "$rc" = 2 ] || fail "explain of a bad request exited $rc, want 2"
+[ "$(echo "$err" | sed -n 1p)" = "pipesfs: 1:24: unknown class name 'htp' in 'htp' (after dport)" ] || fail "explain said: $err"
+[ "$(echo "$err" | sed -n 3p)" = "                       ^~~" ] || fail "explain's caret is misplaced: $err"
+ok "explain"
