@@ -36,6 +36,8 @@ public func errnoName(_ e: Int32) -> String {
     case EINTR: "EINTR"
     case EMFILE: "EMFILE"
     case ENOTCONN: "ENOTCONN"
+    case EDEADLK: "EDEADLK"
+    case ENOTSUP: "ENOTSUP"
     default: "errno \(e)"
     }
 }

@@ -185,6 +185,24 @@ public final class Controller: @unchecked Sendable {
         // Instantiate without the lock: a filter may open files (pcapout), and a path inside this very mount
         // would need a FUSE worker that waits for the lock.
         let (d, filter, selector, isClass) = try instantiate(name, below: parent, op: op)
+        return try place(filter, d, selector: selector, isClass: isClass, in: parent, named: name, uid: uid, gid: gid, op: op)
+    }
+
+    /// `mkdir` with the filter given apart from the directory's name: the request language's way to make a filter
+    /// whose arguments a name cannot carry (a path with '/'). `arguments` go to the filter as after `=`.
+    @discardableResult
+    public func makeFilter(_ d: FilterDescriptor, arguments: String, in parent: Node, named name: String,
+                           uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> Node {
+        let op = "mkdir \(pathOf(parent, name))"
+        try checkName(name, root: false, op: op)
+        let filter: any Filter
+        do { filter = try d.make(arguments) } catch { throw fail(op, ControlError(error.errno, prefixed(d.name, error.message))) }
+        return try place(filter, d, selector: .any, isClass: false, in: parent, named: name, uid: uid, gid: gid, op: op)
+    }
+
+    /// Puts a made filter into the graph below `parent` (the lock taken here): checks, attach, bind, refresh.
+    private func place(_ filter: any Filter, _ d: FilterDescriptor, selector: ClassSelector, isClass: Bool, in parent: Node?,
+                       named name: String, uid: UInt32, gid: UInt32, op: String) throws(ControlError) -> Node {
         space.lock.lock()
         defer { space.lock.unlock() }
         if let p = parent, p.removed { filter.shutdown(); throw fail(op, ControlError(ENOENT, "parent was removed")) }

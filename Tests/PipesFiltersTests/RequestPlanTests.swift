@@ -2,6 +2,7 @@ import PipesControl
 import PipesFilters
 import PipesRuntime
 import PipesSRL
+import PipesTestSupport
 import Testing
 
 @Suite("request plans (SRL resolved against the filter library)")
@@ -44,6 +45,90 @@ struct RequestPlanTests {
         } catch {
             #expect(error.location.description == at, "\(error.description)")
             #expect(error.message.contains(says), "\(error.description)")
+        }
+    }
+}
+
+@Suite("building requests")
+struct RequestBuildTests {
+    /// A controller with a junction `j` (ethernet) to start requests from.
+    func junction() throws -> (Controller, Node) {
+        let c = Controller()
+        let j = try c.makeDirectory(in: nil, named: "j=ethernet")
+        return (c, j)
+    }
+
+    func build(_ c: Controller, _ j: Node, _ text: String) throws -> Controller.BuiltRequest {
+        let plan = try RequestPlan(text, sources: ["j"])
+        let src = try #require(plan.nodes.first { $0.name == "j" })
+        return try c.build(plan, sources: [src.id: j])
+    }
+
+    /// Every path below `n`, with the symlinks (`name -> target`).
+    func tree(_ c: Controller, _ n: Node) -> [String] {
+        c.space.lock.withLock {
+            var out: [String] = []
+            func walk(_ x: Node) {
+                out.append(x.path)
+                for l in x.links { out.append("\(x.path)/\(l.name) -> \(l.target.path)") }
+                for ch in x.children { walk(ch) }
+            }
+            walk(n)
+            return out
+        }
+    }
+
+    @Test("a request builds what mkdir builds: a filter per stage, class directories for selectors, links for joins")
+    func buildsTree() throws {
+        let (c, j) = try junction()
+        defer { c.shutdown() }
+        _ = try build(c, j, "j | ip | tcp | dport |80 count + match GET")
+        #expect(tree(c, j) == ["/j=ethernet", "/j=ethernet/ip", "/j=ethernet/ip/tcp", "/j=ethernet/ip/tcp/dport",
+                               "/j=ethernet/ip/tcp/dport/80", "/j=ethernet/ip/tcp/dport/80/count", "/j=ethernet/ip/tcp/dport/80/match=GET"])
+        // Split-join: both branches feed one node, the second through a symlink.
+        _ = try build(c, j, "j | (ip + ip6) | tcp | count")
+        let t = tree(c, j)
+        #expect(t.contains("/j=ethernet/ip/tcp.2"))
+        #expect(t.contains("/j=ethernet/ip6/to-tcp.2 -> /j=ethernet/ip/tcp.2"))
+    }
+
+    @Test("prefix sharing: a second request reuses the stateless prefix of the first, not its counters")
+    func prefixSharing() throws {
+        let (c, j) = try junction()
+        defer { c.shutdown() }
+        let a = try build(c, j, "j | ip | tcp | dport |80 count")
+        let b = try build(c, j, "j | ip | tcp | dport |22 count")
+        let names = ["ip", "tcp", "dport"]
+        for (i, name) in names.enumerated() {
+            let pa = try #require(a.nodes.first { $0.value.name == name }?.value)
+            let pb = try #require(b.nodes.first { $0.value.name == name }?.value)
+            #expect(pa === pb, "\(name) (\(i)) is not shared")
+        }
+        #expect(b.created.map(\.name) == ["22", "count"], "only the new class directory and count are made")
+        // Blocks written into j reach both counts through the one shared prefix.
+        let frame = Pkt.ethTCP4(dport: 80)
+        _ = frame.withUnsafeBytes { c.space.inject(j, bytes: $0) }
+        c.space.lock.withLock {
+            let dport = a.nodes.values.first { $0.name == "dport" }!
+            #expect(dport.stats.packetsIn == 1, "the shared dport ran once")
+        }
+    }
+
+    @Test("a step that fails undoes the ones before it: the tree is as it was", arguments: [
+        "j | ip | tcp | bpf \"not (valid\"",
+        "j | ip | tcp | pcapout /nonexistent/dir/x.pcap",
+        "j | ip | tcp | dport |80 count | ip6 ++ ip",
+    ])
+    func undo(_ text: String) throws {
+        let (c, j) = try junction()
+        defer { c.shutdown() }
+        _ = try build(c, j, "j | ip | udp")
+        let before = tree(c, j)
+        do {
+            _ = try build(c, j, text)
+            Issue.record("built: \(text)")
+        } catch {
+            #expect(tree(c, j) == before, "\(error)")
         }
     }
 }

@@ -1,0 +1,130 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PipesFilters
+import PipesRuntime
+import PipesSRL
+
+/// Building a request (§4.2, §7.1) out of the same operations as the filesystem: each filter becomes a directory
+/// below its first input (through a class directory when the arc has a selector), further inputs become
+/// symlinks. Each step is one atomic control operation; if one fails, the steps done so far are undone in
+/// reverse order, so the graph is left as it was.
+extension Controller {
+    /// What building a request made, in order.
+    public struct BuiltRequest: Sendable {
+        /// The plan's node ids to the graph's nodes.
+        public var nodes: [Int: Node]
+        /// Directories made (filters and class directories), in creation order.
+        public var created: [Node]
+        /// Symlinks made: (directory, name).
+        public var links: [(Node, String)]
+    }
+
+    /// Builds `plan`. `sources` gives the graph node of each source of the plan (made or found by the caller).
+    /// Stateless prefixes already in the tree are shared: a filter of the same kind and arguments, or a class
+    /// directory with the same selector, below the same parent is used instead of a new one (§7.1). Refused with
+    /// ENOTSUP for joins (union, intersection, negation), which this version plans but does not build.
+    public func build(_ plan: RequestPlan, sources: [Int: Node], uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> BuiltRequest {
+        var built = BuiltRequest(nodes: sources, created: [], links: [])
+        let op = "request '\(plan.text)'"
+        for n in plan.nodes {
+            if case .join(let j) = n.role {
+                throw fail(op, ControlError(ENOTSUP, "\(j) (from ++, +* or !) is planned but not built by this version: use split-join (+) and class selectors"))
+            }
+        }
+        do throws(ControlError) {
+            // Nodes in an order where every node's first input comes before it (the plan's arcs follow the text).
+            var placed = Set(sources.keys)
+            var progress = true
+            while progress {
+                progress = false
+                for n in plan.nodes where !placed.contains(n.id) {
+                    let ins = plan.arcs.filter { $0.to == n.id }
+                    guard let first = ins.first(where: { placed.contains($0.from) }) else { continue }
+                    guard case .filter(let d) = n.role else { continue }
+                    let parent = try selectionDirectory(for: first, built: &built, uid: uid, gid: gid)
+                    // Shared only when it would get exactly the input the existing one has: its parent.
+                    let node = try shareOrMake(d, arguments: n.arguments, below: parent, mayShare: ins.count == 1,
+                                               built: &built, uid: uid, gid: gid)
+                    built.nodes[n.id] = node
+                    placed.insert(n.id)
+                    progress = true
+                }
+            }
+            if let missing = plan.nodes.first(where: { !placed.contains($0.id) }) {
+                throw fail(op, ControlError(EINVAL, "'\(missing.name)' is fed by nothing that starts at a source: a request starts at a source (rx, tx, pcapin FILE, gen SPEC)"))
+            }
+            // Every further input arc: a symlink from the input (or its class directory) to the node.
+            for n in plan.nodes {
+                let ins = plan.arcs.filter { $0.to == n.id }
+                guard let target = built.nodes[n.id], ins.count > 1 else { continue }
+                for a in ins {
+                    let dir = try selectionDirectory(for: a, built: &built, uid: uid, gid: gid)
+                    if target.parent === dir { continue }  // the directory parent: the first input
+                    if (try withLock { () throws(ControlError) -> Bool in dir.links.contains { $0.target === target } }) { continue }
+                    let name = try freeName("to-\(target.name)", in: dir)
+                    try link(mountPoint + target.path, in: dir, named: name)
+                    built.links.append((dir, name))
+                }
+            }
+        } catch {
+            undo(built)
+            throw error
+        }
+        return built
+    }
+
+    /// Removes what `build` made, newest first (links, then directories that are still childless).
+    public func undo(_ built: BuiltRequest) {
+        for (dir, name) in built.links.reversed() { try? unlink(in: dir, named: name) }
+        for n in built.created.reversed() { try? removeDirectory(in: n.parent, named: n.name) }
+    }
+
+    /// The directory an arc's target hangs below: the input itself, or its class directory for the selector.
+    private func selectionDirectory(for a: RequestPlan.Arc, built: inout BuiltRequest, uid: UInt32, gid: UInt32) throws(ControlError) -> Node {
+        guard let from = built.nodes[a.from] else { throw ControlError(EINVAL, "an input of the request is not built") }
+        if a.selector.isAny { return from }
+        let existing: Node? = try withLock { () throws(ControlError) -> Node? in
+            from.children.first { $0.isClassSelection && $0.selector == a.selector }
+        }
+        if let existing { return existing }
+        let dir = try makeDirectory(in: from, named: a.selector.text, uid: uid, gid: gid)
+        built.created.append(dir)
+        return dir
+    }
+
+    /// A stateless filter of the same kind and arguments below `parent` is shared; otherwise a new one.
+    private func shareOrMake(_ d: FilterDescriptor, arguments: String, below parent: Node, mayShare: Bool,
+                             built: inout BuiltRequest, uid: UInt32, gid: UInt32) throws(ControlError) -> Node {
+        let shared: Node? = try withLock { () throws(ControlError) -> Node? in
+            guard mayShare, Controller.stateless.contains(d.name) else { return nil }
+            return parent.children.first {
+                $0.descriptor.name == d.name && !$0.isClassSelection && $0.filter.arguments == arguments && $0.linkParents.isEmpty
+            }
+        }
+        if let shared { return shared }
+        let plain = arguments.isEmpty ? d.name : "\(d.name)=\(arguments)"
+        let base = plain.contains("/") || plain.utf8.count > 200 ? d.name : plain
+        let name = try freeName(base, in: parent)
+        let node = try makeFilter(d, arguments: arguments, in: parent, named: name, uid: uid, gid: gid)
+        built.created.append(node)
+        return node
+    }
+
+    /// `base`, or `base.2`, `base.3`... if taken below `dir`.
+    private func freeName(_ base: String, in dir: Node) throws(ControlError) -> String {
+        try withLock { () throws(ControlError) -> String in
+            var name = base
+            var k = 2
+            while child(of: dir, named: name) != nil {
+                name = "\(base).\(k)"
+                k += 1
+            }
+            return name
+        }
+    }
+
+    /// Filters whose output depends only on each block (no counters users read, no files): two requests may share
+    /// one instance (§7.1, prefix sharing).
+    public static let stateless: Set<String> = ["eth", "ip", "ip6", "ipproto", "tcp", "udp", "icmp", "sport", "dport", "bpf", "match", "payload"]
+}

@@ -1,0 +1,79 @@
+# `pipesfs exec 'pcapin F | bpf "EXPR" | pcapout O'` writes exactly the packets of `tcpdump -r F -w O2 EXPR`, on a
+# synthetic capture and on the project's copy of tcpdump's corpus (malformed captures included: no crash, no
+# hang); a chain of directories with a class selector equals tcpdump's expression for it; bad requests are
+# refused with a caret (status 2), requests that cannot run with status 1; --spaces 2 gives the same output.
+source "$(dirname "$0")/../lib.sh"
+CORPUS="$(cd "$(dirname "$0")/../../PipesFiltersTests/Resources/corpus" && pwd)"
+CAP="$WORK/mix.pcap"
+"$PIPESFS" mkpcap "$CAP" --flows 3000 --seed 17 > /dev/null
+
+same() {  # same CAPTURE OUTPUT EXPR: OUTPUT holds exactly tcpdump's selection of CAPTURE
+    tcpdump -r "$1" -w "$WORK/ref.pcap" "$3" 2>/dev/null || return 2
+    cmp -s <(dump "$WORK/ref.pcap") <(dump "$2")
+}
+
+for expr in "tcp dst port 80" "udp and port 53" "ip6 or arp" "tcp[tcpflags] & tcp-syn != 0"; do
+    rm -f "$WORK/out.pcap"
+    "$PIPESFS" exec --quiet "pcapin $CAP | bpf \"$expr\" | pcapout $WORK/out.pcap"
+    same "$CAP" "$WORK/out.pcap" "$expr" || fail "exec bpf '$expr' differs from tcpdump"
+    n=$(tcpdump -nr "$WORK/out.pcap" 2>/dev/null | wc -l)
+    ok "exec bpf '$expr' == tcpdump ($n packets)"
+done
+
+rm -f "$WORK/out.pcap"
+"$PIPESFS" exec --quiet "pcapin $CAP | ip | tcp | dport |80 pcapout $WORK/out.pcap"
+same "$CAP" "$WORK/out.pcap" "ip and tcp dst port 80" || fail "exec ip | tcp | dport |80 differs from tcpdump 'ip and tcp dst port 80'"
+ok "exec ip | tcp | dport |80 == tcpdump"
+
+rm -f "$WORK/out.pcap"
+"$PIPESFS" exec --quiet --spaces 2 "pcapin $CAP | ip | tcp --space=1 | dport |80 pcapout $WORK/out.pcap"
+same "$CAP" "$WORK/out.pcap" "ip and tcp dst port 80" || fail "exec across two spaces differs from tcpdump"
+ok "exec across two execution spaces == tcpdump"
+
+# Counting: the report on standard error.
+err=$("$PIPESFS" exec "pcapin $CAP | bpf \"udp\" | count" 2>&1)
+n=$(tcpdump -nr "$CAP" udp 2>/dev/null | wc -l)
+echo "$err" | grep -q "count_packets=$n " || fail "exec count: '$err', tcpdump counts $n"
+ok "exec count == tcpdump -c ($n)"
+
+# The corpus, malformed captures included.
+i=0; compared=0
+for f in "$CORPUS"/*.pcap*; do
+    i=$((i + 1))
+    rm -f "$WORK/c.pcap"
+    if ! timeout 30 "$PIPESFS" exec --quiet "pcapin $f | bpf \"tcp or udp\" | pcapout $WORK/c.pcap" 2>"$WORK/c.err"; then
+        rc=$?
+        [ "$rc" = 1 ] || { cat "$WORK/c.err"; fail "exec on $(basename "$f") exited $rc (a crash or a hang?)"; }
+        grep -q "pipesfs exec:" "$WORK/c.err" || fail "exec on $(basename "$f") failed without a message"
+        echo "refused $(basename "$f"): $(head -c 200 "$WORK/c.err")"
+        continue
+    fi
+    if tcpdump -r "$f" -w "$WORK/cref.pcap" "tcp or udp" 2>/dev/null; then
+        if ! cmp -s <(dump "$WORK/cref.pcap") <(dump "$WORK/c.pcap"); then
+            # timestamp_invalid_nano.pcap has fractions of a second >= 1 s: pipesfs carries them into the seconds,
+            # tcpdump copies them as they are. The packets must still be the same, byte for byte.
+            [ "$(basename "$f")" = timestamp_invalid_nano.pcap ] || fail "exec on $(basename "$f") differs from tcpdump"
+            cmp -s <(tcpdump -r "$WORK/cref.pcap" -nn -t -xx 2>/dev/null) <(tcpdump -r "$WORK/c.pcap" -nn -t -xx 2>/dev/null) ||
+                fail "exec on $(basename "$f") differs from tcpdump in more than its invalid timestamps"
+            echo "$(basename "$f"): same packets; invalid timestamps normalized"
+        fi
+        compared=$((compared + 1))
+    fi
+done
+[ "$compared" -ge 10 ] || fail "only $compared corpus captures compared"
+ok "corpus: $i captures run, $compared equal to tcpdump"
+
+# Refusals.
+set +e
+err=$("$PIPESFS" exec "pcapin $CAP | ip | htp" 2>&1); rc=$?
+set -e
+[ "$rc" = 2 ] && echo "$err" | grep -q "1:.*unknown filter 'htp'" && echo "$err" | grep -q '\^~~' || fail "exec of an unknown filter: rc $rc: $err"
+set +e
+err=$("$PIPESFS" exec "pcapin $WORK/none.pcap | ip" 2>&1); rc=$?
+set -e
+[ "$rc" = 1 ] && echo "$err" | grep -q "No such file" || fail "exec of a missing capture: rc $rc: $err"
+set +e
+err=$("$PIPESFS" exec "pcapin $CAP | ip ++ ip6" 2>&1); rc=$?
+set -e
+[ "$rc" = 1 ] && echo "$err" | grep -q "ENOTSUP" || fail "exec of a union: rc $rc: $err"
+ok "refusals"
