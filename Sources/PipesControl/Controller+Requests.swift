@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import PipesBuffering
 import PipesFilters
 import PipesRuntime
 import PipesSRL
@@ -18,6 +19,8 @@ extension Controller {
         public var created: [Node]
         /// Symlinks made: (directory, name).
         public var links: [(Node, String)]
+        /// Every directory the request uses (made or shared), parents before children.
+        public var used: [Node] = []
     }
 
     /// Builds `plan`. `sources` gives the graph node of each source of the plan (made or found by the caller).
@@ -25,7 +28,7 @@ extension Controller {
     /// directory with the same selector, below the same parent is used instead of a new one (§7.1). Refused with
     /// ENOTSUP for joins (union, intersection, negation), which this version plans but does not build.
     public func build(_ plan: RequestPlan, sources: [Int: Node], uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> BuiltRequest {
-        var built = BuiltRequest(nodes: sources, created: [], links: [])
+        var built = BuiltRequest(nodes: sources, created: [], links: [], used: [])
         let op = "request '\(plan.text)'"
         for n in plan.nodes {
             if case .join(let j) = n.role {
@@ -87,9 +90,13 @@ extension Controller {
         let existing: Node? = try withLock { () throws(ControlError) -> Node? in
             from.children.first { $0.isClassSelection && $0.selector == a.selector }
         }
-        if let existing { return existing }
+        if let existing {
+            if !built.used.contains(where: { $0 === existing }) { built.used.append(existing) }
+            return existing
+        }
         let dir = try makeDirectory(in: from, named: a.selector.text, uid: uid, gid: gid)
         built.created.append(dir)
+        built.used.append(dir)
         return dir
     }
 
@@ -102,12 +109,16 @@ extension Controller {
                 $0.descriptor.name == d.name && !$0.isClassSelection && $0.filter.arguments == arguments && $0.linkParents.isEmpty
             }
         }
-        if let shared { return shared }
+        if let shared {
+            built.used.append(shared)
+            return shared
+        }
         let plain = arguments.isEmpty ? d.name : "\(d.name)=\(arguments)"
         let base = plain.contains("/") || plain.utf8.count > 200 ? d.name : plain
         let name = try freeName(base, in: parent)
         let node = try makeFilter(d, arguments: arguments, in: parent, named: name, uid: uid, gid: gid)
         built.created.append(node)
+        built.used.append(node)
         return node
     }
 
@@ -127,4 +138,86 @@ extension Controller {
     /// Filters whose output depends only on each block (no counters users read, no files): two requests may share
     /// one instance (§7.1, prefix sharing).
     public static let stateless: Set<String> = ["eth", "ip", "ip6", "ipproto", "tcp", "udp", "icmp", "sport", "dport", "bpf", "match", "payload"]
+}
+
+/// Requests running in a mounted tree (`run REQUEST` in `/.ctl`, `pipesfs run`), by id.
+public final class RequestTable: @unchecked Sendable {
+    public struct Entry: Sendable {
+        public var id: Int
+        public var text: String
+        public var uid: UInt32
+        public var built: Controller.BuiltRequest
+    }
+
+    private let lock = ConditionLock()
+    private var entries: [Int: Entry] = [:]
+    private var next = 1
+
+    public init() {}
+
+    func add(_ text: String, uid: UInt32, _ built: Controller.BuiltRequest) -> Int {
+        lock.withLock {
+            let id = next
+            next += 1
+            entries[id] = Entry(id: id, text: text, uid: uid, built: built)
+            return id
+        }
+    }
+
+    func remove(_ id: Int) -> Entry? { lock.withLock { entries.removeValue(forKey: id) } }
+    var all: [Entry] { lock.withLock { Array(entries.values) } }
+    func get(_ id: Int) -> Entry? { lock.withLock { entries[id] } }
+
+    /// `ID UID REQUEST` per line, by id.
+    public var text: String {
+        lock.withLock { entries.keys.sorted().map { "\($0) \(entries[$0]!.uid) \(entries[$0]!.text)\n" }.joined() }
+    }
+}
+
+extension Controller {
+    /// `run REQUEST`: builds a request below the tree's top-level directories (its sources are their names) and
+    /// remembers it; returns its id. A refused request is reported as `LINE:COLUMN: MESSAGE in: REQUEST`.
+    @discardableResult
+    public func run(_ text: String, uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> Int {
+        let op = "run '\(text)'"
+        let roots: [String: Node] = space.lock.withLock { Dictionary(space.roots.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }) }
+        let plan: RequestPlan
+        do { plan = try RequestPlan(text, sources: Set(roots.keys)) } catch {
+            throw fail(op, ControlError(EINVAL, error.summary))
+        }
+        var sources: [Int: Node] = [:]
+        for n in plan.nodes {
+            guard case .source(let s) = n.role else { continue }
+            guard let node = roots[s] else {
+                throw fail(op, ControlError(EINVAL, "'\(n.name)': in a mounted tree a request starts at a top-level directory (\(roots.keys.sorted().joined(separator: " "))); add capture files with .ctl 'source NAME=pcap:FILE'"))
+            }
+            sources[n.id] = node
+        }
+        let built = try build(plan, sources: sources, uid: uid, gid: gid)
+        for n in plan.nodes where n.space != 0 {
+            guard let node = built.nodes[n.id], built.created.contains(where: { $0 === node }) else { continue }
+            do { try control(node, "space \(n.space)") } catch {
+                undo(built)
+                throw error
+            }
+        }
+        return requests.add(text, uid: uid, built)
+    }
+
+    /// `stop ID`: removes the directories request ID uses that no other request uses (a shared prefix goes with
+    /// its last user), children first; a directory that holds something made outside the requests stays. Only its
+    /// owner or root may stop it.
+    public func stop(_ id: Int, uid: UInt32 = 0) throws(ControlError) {
+        let op = "stop \(id)"
+        guard let e = requests.get(id) else { throw fail(op, ControlError(ENOENT, "no request \(id) (see /.requests)")) }
+        if uid != 0 && uid != e.uid { throw fail(op, ControlError(EPERM, "request \(id) belongs to uid \(e.uid)")) }
+        _ = requests.remove(id)
+        let others = Set(requests.all.flatMap { $0.built.used.map(ObjectIdentifier.init) })
+        for (dir, name) in e.built.links.reversed() { try? unlink(in: dir, named: name) }
+        for n in e.built.used.reversed() where !others.contains(ObjectIdentifier(n)) {
+            let gone: Bool = space.lock.withLock { n.removed || !n.children.isEmpty || !n.links.isEmpty }
+            if gone { continue }
+            try? removeDirectory(in: n.parent, named: n.name)
+        }
+    }
 }

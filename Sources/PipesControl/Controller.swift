@@ -16,6 +16,8 @@ public enum Entry {
 public final class Controller: @unchecked Sendable {
     public let space: Space
     public let errors = ErrorLog()
+    /// Requests built with `run` (`/.ctl`), by id.
+    public let requests = RequestTable()
     /// Where the tree is mounted (for absolute symlink targets), e.g. `/pipes`.
     public var mountPoint: String
     private let library: [String: FilterDescriptor]
@@ -23,7 +25,7 @@ public final class Controller: @unchecked Sendable {
     /// Names every filter directory holds as files.
     public static let fileNames: Set<String> = ["all", "all.pcap", "stats", "ctl"]
     /// Names the root holds as files.
-    public static let rootFileNames: Set<String> = [".errors", ".ctl", ".spaces"]
+    public static let rootFileNames: Set<String> = [".errors", ".ctl", ".spaces", ".requests"]
 
     public init(space: Space = Space(), mountPoint: String = "/pipes", library: [String: FilterDescriptor] = FilterLibrary.byName) {
         self.space = space
@@ -500,8 +502,14 @@ public final class Controller: @unchecked Sendable {
         if trimmed.isEmpty { return }
         if trimmed.hasPrefix("source ") {
             try addSource(String(trimmed.dropFirst(7)).trimmingWhitespace(), uid: uid, gid: gid)
+        } else if trimmed.hasPrefix("run ") {
+            try run(String(trimmed.dropFirst(4)).trimmingWhitespace(), uid: uid, gid: gid)
+        } else if trimmed.hasPrefix("stop ") {
+            let arg = String(trimmed.dropFirst(5)).trimmingWhitespace()
+            guard let id = Int(arg) else { throw fail(".ctl: '\(trimmed)'", ControlError(EINVAL, "stop wants a request id (see /.requests)")) }
+            try stop(id, uid: uid)
         } else {
-            throw fail(".ctl: '\(trimmed)'", ControlError(EINVAL, "unknown command (source NAME=SCHEME:SPEC)"))
+            throw fail(".ctl: '\(trimmed)'", ControlError(EINVAL, "unknown command (source NAME=SCHEME:SPEC, run REQUEST, stop ID)"))
         }
     }
 

@@ -12,6 +12,7 @@ import PipesRuntime
 //       .errors                 recent errors, newest last (read-only)
 //       .ctl                    write `source NAME=SCHEME:SPEC` to add a source
 //       .spaces                 execution spaces: CPU, thread, nodes, channels, records consumed (read-only)
+//       .requests               requests built with `run` (.ctl): ID UID REQUEST (read-only)
 //       SOURCE/                 rx, tx, capture-file sources, junctions (any other top-level name)
 //         all                   live copy of the output from the moment of opening; writes inject
 //         all.pcap              the same stream as a pcap file (header, then records)
@@ -60,6 +61,7 @@ public let rootInode: UInt64 = 1
 let errorsInode: UInt64 = 2
 let rootCtlInode: UInt64 = 3
 let spacesInode: UInt64 = 4
+let requestsInode: UInt64 = 5
 
 /// Who asks: for ownership of new directories.
 public struct Caller: Sendable {
@@ -92,7 +94,7 @@ public final class Tree: @unchecked Sendable {
     // MARK: inode <-> node
 
     enum Resolved {
-        case root, errors, rootCtl, spaces
+        case root, errors, rootCtl, spaces, requests
         case file(Node, FileKind)
         case link(dir: Node, id: UInt64, text: String, target: Node)
     }
@@ -104,6 +106,7 @@ public final class Tree: @unchecked Sendable {
         case errorsInode: return .errors
         case rootCtlInode: return .rootCtl
         case spacesInode: return .spaces
+        case requestsInode: return .requests
         default: break
         }
         let id = ino >> 4
@@ -132,7 +135,7 @@ public final class Tree: @unchecked Sendable {
         case .root:
             return Attributes(inode: rootInode, kind: .directory, mode: 0o755, links: 2 + UInt32(space.roots.count),
                               uid: owner.uid, gid: owner.gid, size: 0)
-        case .errors, .spaces:
+        case .errors, .spaces, .requests:
             return Attributes(inode: ino, kind: .file, mode: 0o444, links: 1, uid: owner.uid, gid: owner.gid, size: 0)
         case .rootCtl:
             return Attributes(inode: ino, kind: .file, mode: 0o200, links: 1, uid: owner.uid, gid: owner.gid, size: 0)
@@ -177,6 +180,7 @@ public final class Tree: @unchecked Sendable {
                 if name == ".errors" { return attributes(.errors, errorsInode) }
                 if name == ".ctl" { return attributes(.rootCtl, rootCtlInode) }
                 if name == ".spaces" { return attributes(.spaces, spacesInode) }
+                if name == ".requests" { return attributes(.requests, requestsInode) }
             } else if let d = dir, let k = FileKind.files.first(where: { $0.name == name }) {
                 return attributes(.file(d, k), 0)
             }
@@ -209,6 +213,7 @@ public final class Tree: @unchecked Sendable {
                 out.append(DirectoryEntry(name: ".errors", inode: errorsInode, kind: .file))
                 out.append(DirectoryEntry(name: ".ctl", inode: rootCtlInode, kind: .file))
                 out.append(DirectoryEntry(name: ".spaces", inode: spacesInode, kind: .file))
+                out.append(DirectoryEntry(name: ".requests", inode: requestsInode, kind: .file))
                 for c in space.roots { out.append(DirectoryEntry(name: c.name, inode: c.id << 4, kind: .directory)) }
             }
             return out
@@ -235,7 +240,7 @@ public final class Tree: @unchecked Sendable {
 
     public func mkdir(_ parent: UInt64, _ name: String, caller: Caller) throws(FSError) -> Attributes {
         let p = try dirNode(parent, "mkdir \(name)")
-        if p == nil, name == ".errors" || name == ".ctl" || name == ".spaces" {
+        if p == nil, Controller.rootFileNames.contains(name) {
             throw controller.fail("mkdir /\(name)", FSError(EEXIST, "'\(name)' is a file of the root"))
         }
         let n = try controller.makeDirectory(in: p, named: name, uid: caller.uid, gid: caller.gid)
@@ -296,6 +301,10 @@ public final class Tree: @unchecked Sendable {
             space.lock.unlock()
             if writing { throw FSError(EACCES, ".spaces is read-only") }
             return SnapshotFile(text)
+        case .requests:
+            space.lock.unlock()
+            if writing { throw FSError(EACCES, ".requests is read-only") }
+            return SnapshotFile(controller.requests.text)
         case .rootCtl:
             space.lock.unlock()
             if reading { throw FSError(EACCES, ".ctl is write-only") }

@@ -85,3 +85,83 @@ struct Exec: ParsableCommand {
         }
     }
 }
+
+/// `pipesfs run [--mount M] 'SRL'`: builds a request in a mounted tree (it appears as directories) and prints its
+/// id; `pipesfs stop ID` removes it.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Build a request in a mounted PipesFS; prints its id (see /pipes/.requests).",
+        discussion: """
+        Example: pipesfs run 'rx | ip | tcp | dport |80 count'. The request starts at top-level directories of the \
+        mount. It is the line 'run REQUEST' written to MOUNT/.ctl. Exit status 2 when the request is refused \
+        before it is sent (with a caret), 1 when the daemon refuses it (its reason, from MOUNT/.errors).
+        """)
+
+    @Option(help: "Where PipesFS is mounted.") var mount = "/pipes"
+    @Argument(help: "The request.") var request: String
+
+    func run() throws {
+        let text = request.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: " ")
+        let roots = Set(topLevelNames(mount))
+        do { _ = try RequestPlan(text, sources: roots) } catch {
+            printError("pipesfs: \(error.description)")
+            throw ExitCode(2)
+        }
+        try writeControl(mount, "run \(text)")
+        let mine = readText(mount + "/.requests").split(separator: "\n").last { $0.split(separator: " ", maxSplits: 2).last.map(String.init) == text }
+        if let id = mine?.split(separator: " ").first { print(id) }
+    }
+}
+
+struct Stop: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Remove a request built with pipesfs run (what other requests share stays).")
+    @Option(help: "Where PipesFS is mounted.") var mount = "/pipes"
+    @Argument(help: "The request's id (pipesfs run printed it; see MOUNT/.requests).") var id: Int
+
+    func run() throws { try writeControl(mount, "stop \(id)") }
+}
+
+/// Writes one line to MOUNT/.ctl; on a refusal prints the daemon's reason (the last line of .errors).
+func writeControl(_ mount: String, _ line: String) throws {
+    let fd = open(mount + "/.ctl", O_WRONLY)
+    if fd < 0 {
+        printError("pipesfs: cannot open \(mount)/.ctl: \(String(cString: strerror(errno))) (is PipesFS mounted there?)")
+        throw ExitCode(1)
+    }
+    defer { close(fd) }
+    let bytes = Array((line + "\n").utf8)
+    let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    if n < 0 {
+        let e = errno
+        var last = readText(mount + "/.errors").split(separator: "\n").last.map(String.init) ?? ""
+        // Without the time stamp that .errors puts first.
+        if let sp = last.firstIndex(of: " "), last[..<sp].hasSuffix("Z"), last[..<sp].contains("T") { last = String(last[last.index(after: sp)...]) }
+        printError("pipesfs: \(last.isEmpty ? String(cString: strerror(e)) : last)")
+        throw ExitCode(1)
+    }
+}
+
+func readText(_ path: String) -> String {
+    let fd = open(path, O_RDONLY)
+    if fd < 0 { return "" }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        out += buf[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+func topLevelNames(_ mount: String) -> [String] {
+    guard let d = opendir(mount) else { return [] }
+    defer { closedir(d) }
+    var names: [String] = []
+    while let e = readdir(d) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if !name.hasPrefix(".") { names.append(name) }
+    }
+    return names
+}
