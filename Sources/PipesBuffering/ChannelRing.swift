@@ -133,17 +133,19 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
 
     // MARK: producer (the producing space's lock held)
 
-    /// Appends one record. `.stored` unless refused, plus `.congested` when a lossless ring is past its mark.
+    /// Appends one record: `serial` (8 bytes, read back by `serial(of:)`) then the bytes. `.stored` unless
+    /// refused, plus `.congested` when a lossless ring is past its mark.
     @inline(__always)
-    public func append(_ bytes: UnsafeRawBufferPointer, classValue: UInt32, wireLength: Int, linkType: UInt16,
+    public func append(_ bytes: UnsafeRawBufferPointer, serial: UInt64, classValue: UInt32, wireLength: Int, linkType: UInt16,
                        timestampNanoseconds: Int64) -> AppendResult {
         let r = ring
-        guard let p = r.reserve(bytes.count, wait: false) else {
+        guard let p = r.reserve(bytes.count &+ 8, wait: false) else {
             refused &+= 1
             return policy == .block ? .congested : []
         }
-        if let b = bytes.baseAddress, bytes.count > 0 { p.copyMemory(from: b, byteCount: bytes.count) }
-        r.commit(bytes.count, classValue: classValue, wireLength: wireLength, linkType: linkType,
+        p.storeBytes(of: serial, as: UInt64.self)
+        if let b = bytes.baseAddress, bytes.count > 0 { (p + 8).copyMemory(from: b, byteCount: bytes.count) }
+        r.commit(bytes.count &+ 8, classValue: classValue, wireLength: wireLength, linkType: linkType,
                  timestampNanoseconds: timestampNanoseconds)
         produced &+= 1
         sinceSignal &+= 1
@@ -215,6 +217,14 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
             return DBufReader.Record(copyOf: rec, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
         }
         return nil
+    }
+
+    /// The serial a record carries (its first 8 bytes) and its payload after them.
+    @inline(__always)
+    public static func split(_ record: DBufReader.Record) -> (serial: UInt64, bytes: UnsafeRawBufferPointer) {
+        let b = record.bytes
+        guard b.count >= 8, let base = b.baseAddress else { return (0, b) }
+        return (base.loadUnaligned(as: UInt64.self), UnsafeRawBufferPointer(start: base + 8, count: b.count - 8))
     }
 
     /// Moves past the record `next()` returned.

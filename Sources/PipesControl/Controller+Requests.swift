@@ -30,11 +30,6 @@ extension Controller {
     public func build(_ plan: RequestPlan, sources: [Int: Node], uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> BuiltRequest {
         var built = BuiltRequest(nodes: sources, created: [], links: [], used: [])
         let op = "request '\(plan.text)'"
-        for n in plan.nodes {
-            if case .join(let j) = n.role {
-                throw fail(op, ControlError(ENOTSUP, "\(j) (from ++, +* or !) is planned but not built by this version: use split-join (+) and class selectors"))
-            }
-        }
         do throws(ControlError) {
             // Nodes in an order where every node's first input comes before it (the plan's arcs follow the text).
             var placed = Set(sources.keys)
@@ -43,11 +38,22 @@ extension Controller {
                 progress = false
                 for n in plan.nodes where !placed.contains(n.id) {
                     let ins = plan.arcs.filter { $0.to == n.id }
-                    guard let first = ins.first(where: { placed.contains($0.from) }) else { continue }
-                    guard case .filter(let d) = n.role else { continue }
+                    // A difference hangs below its direct input, after the vetoing branch is in place: that
+                    // branch then comes first among the input's outputs, so its verdict arrives first.
+                    if ins.contains(where: { $0.veto && !placed.contains($0.from) }) { continue }
+                    guard let first = ins.first(where: { !$0.veto && placed.contains($0.from) }) else { continue }
+                    let d: FilterDescriptor
+                    var arguments = n.arguments
+                    switch n.role {
+                    case .filter(let f): d = f
+                    case .join("union"): d = Union.descriptor
+                    case .join("intersect"): d = Intersect.descriptor; arguments = "\(ins.count)"
+                    case .join(_): d = Difference.descriptor
+                    case .source: continue
+                    }
                     let parent = try selectionDirectory(for: first, built: &built, uid: uid, gid: gid)
                     // Shared only when it would get exactly the input the existing one has: its parent.
-                    let node = try shareOrMake(d, arguments: n.arguments, below: parent, mayShare: ins.count == 1,
+                    let node = try shareOrMake(d, arguments: arguments, below: parent, mayShare: ins.count == 1,
                                                built: &built, uid: uid, gid: gid)
                     built.nodes[n.id] = node
                     placed.insert(n.id)
@@ -62,7 +68,11 @@ extension Controller {
                 let ins = plan.arcs.filter { $0.to == n.id }
                 guard let target = built.nodes[n.id], ins.count > 1 else { continue }
                 for a in ins {
-                    let dir = try selectionDirectory(for: a, built: &built, uid: uid, gid: gid)
+                    var dir = try selectionDirectory(for: a, built: &built, uid: uid, gid: gid)
+                    if a.veto {
+                        // What the negated branch passes goes through a `veto` filter, which marks it.
+                        dir = try shareOrMake(Veto.descriptor, arguments: "", below: dir, mayShare: true, built: &built, uid: uid, gid: gid)
+                    }
                     if target.parent === dir { continue }  // the directory parent: the first input
                     if (try withLock { () throws(ControlError) -> Bool in dir.links.contains { $0.target === target } }) { continue }
                     let name = try freeName("to-\(target.name)", in: dir)
@@ -137,7 +147,7 @@ extension Controller {
 
     /// Filters whose output depends only on each block (no counters users read, no files): two requests may share
     /// one instance (§7.1, prefix sharing).
-    public static let stateless: Set<String> = ["eth", "ip", "ip6", "ipproto", "tcp", "udp", "icmp", "sport", "dport", "bpf", "match", "payload"]
+    public static let stateless: Set<String> = ["eth", "ip", "ip6", "ipproto", "tcp", "udp", "icmp", "sport", "dport", "bpf", "match", "payload", "veto"]
 }
 
 /// Requests running in a mounted tree (`run REQUEST` in `/.ctl`, `pipesfs run`), by id.

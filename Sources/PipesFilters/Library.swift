@@ -6,6 +6,7 @@ public enum FilterLibrary {
         Eth.descriptor, IP.descriptor, IP6.descriptor, IPProto.descriptor,
         TCP.descriptor, UDP.descriptor, ICMP.descriptor, SPort.descriptor, DPort.descriptor,
         BPF.descriptor, Count.descriptor, Match.descriptor, Payload.descriptor, PcapOut.descriptor,
+        Union.descriptor, Intersect.descriptor, Difference.descriptor, Veto.descriptor,
     ]
 
     /// Sources, named by the scheme of a `--source NAME=SCHEME:SPEC` option.

@@ -54,6 +54,10 @@ public struct Block {
     public var linkType: LinkType
     /// The class value the upstream filter returned (0 never travels: it means "do not forward").
     public var classValue: UInt32 = 0
+    /// Which push from a source (or injection) this block is: every copy of one block that reaches a node by
+    /// several paths carries the same serial, so join filters (union, intersect, difference) recognise it.
+    /// Stamped where a block enters the graph (`ExecutionSpace.stamp`), carried across spaces by channels.
+    public var serial: UInt64 = 0
     /// Decoded layer offsets; see `Block+Decode.swift`. Filled lazily, once, by whichever filter needs them.
     public var layers = Layers()
 

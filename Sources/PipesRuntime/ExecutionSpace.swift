@@ -141,6 +141,16 @@ public final class ExecutionSpace: @unchecked Sendable {
 
     // MARK: data path
 
+    /// The next block serial of this space (its index in the top byte, so spaces never hand out the same one).
+    private var serials: UInt64 = 0
+
+    /// Gives `block` a new serial: call where a block enters the graph (lock held).
+    @inline(__always)
+    public func stamp(_ block: inout Block) {
+        serials &+= 1
+        block.serial = UInt64(truncatingIfNeeded: max(0, index)) << 56 | (serials & 0x00FF_FFFF_FFFF_FFFF)
+    }
+
     /// Runs `block` through `node` and, depth-first, everything downstream in this space whose edges accept its
     /// class; edges into other spaces append to their channel. The lock must be held. Allocates nothing and
     /// takes no references.
@@ -239,7 +249,7 @@ public final class ExecutionSpace: @unchecked Sendable {
         let hot = uc._withUnsafeGuaranteedRef { $0.hotRing }
         hot._withUnsafeGuaranteedRef { c in
             let ts = Int64(block.seconds) &* 1_000_000_000 &+ Int64(block.nanoseconds)
-            let r = c.append(block.bytes, classValue: block.classValue, wireLength: block.wireLength,
+            let r = c.append(block.bytes, serial: block.serial, classValue: block.classValue, wireLength: block.wireLength,
                              linkType: UInt16(truncatingIfNeeded: block.linkType.rawValue), timestampNanoseconds: ts)
             if r.contains(.congested) { current.congested.append(c) }
             if !c.pendingSignal {

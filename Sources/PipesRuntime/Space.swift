@@ -86,15 +86,25 @@ public final class Space: @unchecked Sendable {
 
     /// Runs `block` through `node`, a node of space 0 (a source's), and on downstream. Space 0's lock must be
     /// held (`begin`). Allocates nothing and takes no references.
+    /// The block enters the graph here: it gets a new serial.
     @inline(__always)
-    public func push(_ node: Node, _ block: inout Block) { main.push(Unmanaged.passUnretained(node), &block) }
+    public func push(_ node: Node, _ block: inout Block) {
+        main.stamp(&block)
+        main.push(Unmanaged.passUnretained(node), &block)
+    }
 
     @inline(__always)
-    public func push(_ node: Unmanaged<Node>, _ block: inout Block) { main.push(node, &block) }
+    public func push(_ node: Unmanaged<Node>, _ block: inout Block) {
+        main.stamp(&block)
+        main.push(node, &block)
+    }
 
-    /// Delivers a block as the output of `node`, a node of space 0, without running its filter.
+    /// Delivers a block as the output of `node`, a node of space 0, without running its filter (a new serial).
     @inline(__always)
-    public func forward(_ node: Node, _ c: UInt32, _ block: inout Block) { main.forward(node, c, &block) }
+    public func forward(_ node: Node, _ c: UInt32, _ block: inout Block) {
+        main.stamp(&block)
+        main.forward(node, c, &block)
+    }
 
     /// True when a lossless reader the current producer of space 0 wrote to is past its high-water mark.
     @inline(__always)
@@ -297,6 +307,7 @@ public final class Space: @unchecked Sendable {
             clock_gettime(CLOCK_REALTIME, &ts)
             block.seconds = Int64(ts.tv_sec)
             block.nanoseconds = Int32(ts.tv_nsec)
+            h.stamp(&block)
             if node.filter is any InputInjectable {
                 node.counters.pointee.packetsIn &+= 1
                 node.counters.pointee.bytesIn &+= UInt64(block.count)

@@ -128,12 +128,15 @@ public final class SpaceChannel: @unchecked Sendable {
 }
 
 extension Block {
-    /// A block read back from a ring record (the bytes are the ring's, valid until the record is consumed).
+    /// A block read back from a channel record (the bytes are the ring's, valid until the record is consumed),
+    /// with the serial it had on the other side.
     @inline(__always)
     init(record rec: DBufReader.Record) {
         let ts = rec.timestampNanoseconds
-        self.init(bytes: rec.bytes, wireLength: rec.wireLength, seconds: ts / 1_000_000_000,
+        let (serial, bytes) = ChannelRing.split(rec)
+        self.init(bytes: bytes, wireLength: rec.wireLength, seconds: ts / 1_000_000_000,
                   nanoseconds: Int32(truncatingIfNeeded: ts % 1_000_000_000), linkType: LinkType(rawValue: Int32(rec.linkType)))
         classValue = rec.classValue
+        self.serial = serial
     }
 }

@@ -117,7 +117,7 @@ struct RequestBuildTests {
     @Test("a step that fails undoes the ones before it: the tree is as it was", arguments: [
         "j | ip | tcp | bpf \"not (valid\"",
         "j | ip | tcp | pcapout /nonexistent/dir/x.pcap",
-        "j | ip | tcp | dport |80 count | ip6 ++ ip",
+        "j | ip | tcp ++ udp | dport |80 count | bpf \"((\"",
     ])
     func undo(_ text: String) throws {
         let (c, j) = try junction()
@@ -130,5 +130,74 @@ struct RequestBuildTests {
         } catch {
             #expect(tree(c, j) == before, "\(error)")
         }
+    }
+}
+
+@Suite("Boolean selection (++, +*, !) on classified synthetic traffic")
+struct BooleanRequestTests {
+    /// 5 HTTP (tcp/80), 3 SSH (tcp/22), 4 DNS (udp/53) and 2 ICMP frames, interleaved, written into `j`.
+    static let mix: [[UInt8]] = {
+        var out: [[UInt8]] = []
+        for i in 0..<5 {
+            out.append(Pkt.ethTCP4(dport: 80))
+            if i < 3 { out.append(Pkt.ethTCP4(dport: 22)) }
+            if i < 4 { out.append(Pkt.ethUDP4(dport: 53)) }
+            if i < 2 { out.append(Pkt.ethICMP4()) }
+        }
+        return out
+    }()
+
+    /// Builds `text` on a fresh junction, writes the mix, returns the packets counted by the last `count`.
+    func counted(_ text: String) throws -> UInt64 {
+        let c = Controller()
+        defer { c.shutdown() }
+        let j = try c.makeDirectory(in: nil, named: "j=ethernet")
+        let plan = try RequestPlan(text, sources: ["j"])
+        let src = try #require(plan.nodes.first { $0.name == "j" })
+        let built = try c.build(plan, sources: [src.id: j])
+        for f in BooleanRequestTests.mix {
+            let rc = f.withUnsafeBytes { c.space.inject(j, bytes: $0) }
+            #expect(rc == .done)
+        }
+        let tail = try #require(plan.nodes.last { $0.name == "count" })
+        let node = try #require(built.nodes[tail.id])
+        return c.space.lock.withLock { (node.filter as! Count).packets }
+    }
+
+    @Test("union removes duplicates; split-join keeps them")
+    func union() throws {
+        #expect(try counted("j | ip | tcp ++ udp | count") == 5 + 3 + 4)
+        #expect(try counted("j | ip | tcp ++ (dport |80 count) | count") == 5 + 3, "tcp/80 arrives by both paths, once out")
+        #expect(try counted("j | ip | tcp + (dport |80 count) | count") == 5 + 3 + 5, "split-join passes both copies")
+    }
+
+    @Test("intersection passes what every branch passes")
+    func intersect() throws {
+        #expect(try counted("j | ip | tcp +* (dport |80 count) | count") == 5)
+        #expect(try counted("j | ip | tcp +* udp | count") == 0)
+        #expect(try counted("j | ip | tcp +* (dport |22 count) +* (ipproto |tcp count) | count") == 3)
+    }
+
+    @Test("negation passes what the negated branch does not")
+    func negation() throws {
+        #expect(try counted("j | ip | !tcp | count") == 4 + 2)
+        #expect(try counted("j | ip | tcp +* !(dport |22 count) | count") == 5)
+        #expect(try counted("j | ip | !(tcp ++ udp) | count") == 2)
+        #expect(try counted("j | ip | !!icmp | count") == 2, "double negation")
+    }
+
+    @Test("the paper's shape: rx ++ tx | ip | mpeg +* !http, as j ++ k | ip | tcp +* !(dport |80 count)")
+    func paperShape() throws {
+        let c = Controller()
+        defer { c.shutdown() }
+        let j = try c.makeDirectory(in: nil, named: "j=ethernet")
+        let k = try c.makeDirectory(in: nil, named: "k=ethernet")
+        let plan = try RequestPlan("j ++ k | ip | tcp +* !(dport |80 count) | count", sources: ["j", "k"])
+        let built = try c.build(plan, sources: [plan.nodes.first { $0.name == "j" }!.id: j, plan.nodes.first { $0.name == "k" }!.id: k])
+        for f in BooleanRequestTests.mix { _ = f.withUnsafeBytes { c.space.inject(j, bytes: $0) } }
+        for f in BooleanRequestTests.mix.prefix(7) { _ = f.withUnsafeBytes { c.space.inject(k, bytes: $0) } }
+        let tail = try #require(built.nodes[plan.nodes.last { $0.name == "count" }!.id])
+        // j: 3 ssh; k's first 7 frames hold 2 ssh (80, 22, 53, icmp, 80, 22, 53).
+        #expect(c.space.lock.withLock { (tail.filter as! Count).packets } == 3 + 2)
     }
 }

@@ -331,6 +331,7 @@ public final class Exec: SourceFilter, @unchecked Sendable {
             home.end()
             return false
         }
+        home.stamp(&block)
         home.forward(node, 1, &block)
         home.end()
         home.finishBatch(batch, mayWait: true) { [self] in state.withLock { stopping } }

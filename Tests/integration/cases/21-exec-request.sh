@@ -30,6 +30,12 @@ rm -f "$WORK/out.pcap"
 same "$CAP" "$WORK/out.pcap" "ip and tcp dst port 80" || fail "exec across two spaces differs from tcpdump"
 ok "exec across two execution spaces == tcpdump"
 
+# Boolean selection: tcp but not port 22, against tcpdump.
+err=$("$PIPESFS" exec "pcapin $CAP | ip | tcp +* !(dport |22 count) | count" 2>&1)
+n=$(tcpdump -nr "$CAP" 'ip and tcp and not dst port 22' 2>/dev/null | wc -l)
+echo "$err" | grep -q "count_packets=$n " || fail "exec tcp +* !(dport |22): '$err', tcpdump counts $n"
+ok "exec ip | tcp +* !(dport |22 count) == tcpdump 'ip and tcp and not dst port 22' ($n)"
+
 # Counting: the report on standard error.
 err=$("$PIPESFS" exec "pcapin $CAP | bpf \"udp\" | count" 2>&1)
 n=$(tcpdump -nr "$CAP" udp 2>/dev/null | wc -l)
@@ -73,7 +79,7 @@ err=$("$PIPESFS" exec "pcapin $WORK/none.pcap | ip" 2>&1); rc=$?
 set -e
 [ "$rc" = 1 ] && echo "$err" | grep -q "No such file" || fail "exec of a missing capture: rc $rc: $err"
 set +e
-err=$("$PIPESFS" exec "pcapin $CAP | ip ++ ip6" 2>&1); rc=$?
+err=$("$PIPESFS" exec "pcapin $CAP | ip | intersect 0" 2>&1); rc=$?
 set -e
-[ "$rc" = 1 ] && echo "$err" | grep -q "ENOTSUP" || fail "exec of a union: rc $rc: $err"
+[ "$rc" = 1 ] && echo "$err" | grep -q "intersect=N: N is the number of inputs" || fail "exec with bad filter arguments: rc $rc: $err"
 ok "refusals"
