@@ -31,6 +31,7 @@ func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
         switch d.name {
         case "bpf": args = "tcp port 80 or udp or icmp or ip6"
         case "match": args = "GET"
+        case "intersect": args = "2"
         case "pcapout": args = pcapOutPath
         default: args = ""
         }
