@@ -165,3 +165,102 @@ func topLevelNames(_ mount: String) -> [String] {
     }
     return names
 }
+
+/// `pipesfs graph [--mount M] [--svg FILE]`: the live graph as Graphviz dot, from the mounted tree (directories,
+/// class directories, symlinks) with each filter's counters.
+struct Graph: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the live graph of a mounted PipesFS as Graphviz dot (or write SVG with --svg).")
+    @Option(help: "Where PipesFS is mounted.") var mount = "/pipes"
+    @Option(help: "Write SVG to this file through Graphviz's dot instead of printing dot.") var svg: String?
+
+    func run() throws {
+        guard access(mount + "/.errors", R_OK) == 0 else {
+            printError("pipesfs: \(mount) is not a mounted PipesFS")
+            throw ExitCode(1)
+        }
+        let text = Graph.dot(mount)
+        guard let svg else { print(text, terminator: ""); return }
+        let tmp = "/tmp/pipesfs-graph-\(getpid()).dot"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { printError("pipesfs: cannot write \(tmp)"); throw ExitCode(1) }
+        _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        defer { unlink(tmp) }
+        let (status, _) = timeCommand(["dot", "-Tsvg", "-o", svg, tmp])
+        if status != 0 {
+            printError("pipesfs: Graphviz dot failed or is not installed (apt-get install graphviz); the dot text is what 'pipesfs graph' prints")
+            throw ExitCode(1)
+        }
+    }
+
+    /// The dot text: one node per directory (labelled with its name, filter and packets out), an arc per
+    /// subdirectory (dashed into class directories' labels) and per symlink.
+    static func dot(_ mount: String) -> String {
+        var lines = ["digraph pipes {", "  rankdir=LR;", "  node [shape=box, fontname=\"monospace\", fontsize=10];"]
+        func q(_ s: String) -> String { "\"" + s.replacingAll("\\", "\\\\").replacingAll("\"", "\\\"").replacingAll("\n", "\\n") + "\"" }
+        func walk(_ rel: String) {
+            for name in entries(mount + rel).sorted() where !name.hasPrefix(".") && !["all", "all.pcap", "stats", "ctl"].contains(name) {
+                let path = rel + "/" + name
+                let full = mount + path
+                var st = stat()
+                guard lstat(full, &st) == 0 else { continue }
+                if (st.st_mode & S_IFMT) == S_IFLNK {
+                    var buf = [Int8](repeating: 0, count: 4096)
+                    let n = readlink(full, &buf, buf.count - 1)
+                    guard n > 0 else { continue }
+                    let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                    let resolved = target.hasPrefix("/") ? String(target.dropFirst(mount.count)) : normalize(rel + "/" + target)
+                    lines.append("  \(q(rel)) -> \(q(resolved)) [style=dashed, label=\(q(name))];")
+                    continue
+                }
+                guard (st.st_mode & S_IFMT) == S_IFDIR else { continue }
+                let stats = readText(full + "/stats")
+                func field(_ k: String) -> String? {
+                    stats.split(separator: "\n").first { $0.hasPrefix(k + ": ") }.map { String($0.dropFirst(k.count + 2)) }
+                }
+                let filter = field("filter") ?? "?"
+                let out = field("packets_out") ?? "0"
+                let space = field("space").map { $0 == "0" ? "" : " space \($0)" } ?? ""
+                let shape = filter == "class" ? ", shape=ellipse" : rel.isEmpty ? ", style=bold" : ""
+                lines.append("  \(q(path)) [label=\(q("\(name)\n\(filter)\(space)\n\(out) out"))\(shape)];")
+                if !rel.isEmpty { lines.append("  \(q(rel)) -> \(q(path));") }
+                walk(path)
+            }
+        }
+        walk("")
+        lines.append("}")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    static func entries(_ dir: String) -> [String] {
+        guard let d = opendir(dir) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Resolves `.` and `..` in a path below the mount.
+    static func normalize(_ p: String) -> String {
+        var parts: [Substring] = []
+        for c in p.split(separator: "/") {
+            if c == "." { continue }
+            if c == ".." { _ = parts.popLast(); continue }
+            parts.append(c)
+        }
+        return "/" + parts.joined(separator: "/")
+    }
+}
+
+extension String {
+    /// Every occurrence of the one-character string `a` replaced by `b`.
+    func replacingAll(_ a: Character, _ b: String) -> String {
+        var out = ""
+        for ch in self { if ch == a { out += b } else { out.append(ch) } }
+        return out
+    }
+}
