@@ -14,7 +14,7 @@ struct PipesFSCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pipesfs",
         abstract: "A stream filesystem: directories are live filters, nesting is data flow.",
-        subcommands: [Mount.self, Umount.self, Filters.self, Explain.self, Exec.self, Run.self, Stop.self, Graph.self, MakePcap.self, Bench.self, ClientRead.self]
+        subcommands: [Mount.self, Umount.self, Filters.self, Explain.self, Exec.self, Run.self, Stop.self, Graph.self, Top.self, MakePcap.self, Bench.self, ClientRead.self]
     )
 }
 

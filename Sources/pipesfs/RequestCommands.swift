@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import PipesControl
 import PipesFilters
+import PipesBuffering
 import PipesRuntime
 import PipesSRL
 
@@ -263,4 +264,78 @@ extension String {
         for ch in self { if ch == a { out += b } else { out.append(ch) } }
         return out
     }
+}
+
+/// `pipesfs top`: live per-filter rates, drops and readers of a mounted PipesFS, refreshed like top(1).
+struct Top: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show live packet and byte rates, drops and readers of every filter in a mounted PipesFS.")
+    @Option(help: "Where PipesFS is mounted.") var mount = "/pipes"
+    @Option(name: .shortAndLong, help: "Seconds between updates.") var delay = 1.0
+    @Option(name: .short, help: "Stop after this many updates (default: until interrupted).") var n: Int?
+    @Flag(name: .shortAndLong, help: "Plain lines, no screen clearing (for scripts and logs).") var batch = false
+
+    struct Sample { var packetsIn: UInt64; var packetsOut: UInt64; var bytesOut: UInt64; var dropped: UInt64; var readers: Int; var space: String; var stream: String }
+
+    func run() throws {
+        guard access(mount + "/.errors", R_OK) == 0 else {
+            printError("pipesfs: \(mount) is not a mounted PipesFS")
+            throw ExitCode(1)
+        }
+        guard delay > 0 && delay <= 3600 else { throw ValidationError("--delay: more than 0, at most 3600 seconds") }
+        var previous: [String: Sample] = [:]
+        var last = monotonicSeconds()
+        var round = 0
+        while n.map({ round < $0 }) ?? true {
+            if round > 0 { usleep(UInt32(delay * 1e6)) }
+            let now = monotonicSeconds()
+            let dt = max(1e-6, now - last)
+            last = now
+            let samples = Top.sample(mount)
+            var out = batch ? "" : "\u{1B}[H\u{1B}[2J"
+            out += "pipesfs top — \(mount) — every \(delay) s\n"
+            out += pad("FILTER", 44) + lpad("PKT/S IN", 12) + lpad("PKT/S OUT", 12) + lpad("MB/S OUT", 10)
+                + lpad("DROPPED", 10) + lpad("READERS", 8) + lpad("SPACE", 6) + "  STREAM\n"
+            for path in samples.keys.sorted() {
+                let s = samples[path]!
+                let p = previous[path]
+                let rin = p.map { Double(s.packetsIn &- $0.packetsIn) / dt } ?? 0
+                let rout = p.map { Double(s.packetsOut &- $0.packetsOut) / dt } ?? 0
+                let bout = p.map { Double(s.bytesOut &- $0.bytesOut) / dt / 1e6 } ?? 0
+                out += pad(path, 44) + lpad(String(Int(rin)), 12) + lpad(String(Int(rout)), 12) + lpad(format2(bout), 10)
+                    + lpad(String(s.dropped), 10) + lpad(String(s.readers), 8) + lpad(s.space, 6) + "  \(s.stream)\n"
+            }
+            print(out, terminator: batch ? "\n" : "")
+            fflush(nil)
+            previous = samples
+            round += 1
+        }
+    }
+
+    static func sample(_ mount: String) -> [String: Sample] {
+        var out: [String: Sample] = [:]
+        func walk(_ rel: String) {
+            for name in Graph.entries(mount + rel) where !name.hasPrefix(".") && !["all", "all.pcap", "stats", "ctl"].contains(name) {
+                let path = rel + "/" + name
+                var st = stat()
+                guard lstat(mount + path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { continue }
+                var f: [String: String] = [:]
+                for line in readText(mount + path + "/stats").split(separator: "\n") {
+                    guard let c = line.firstIndex(of: ":") else { continue }
+                    let start = line.index(c, offsetBy: 2, limitedBy: line.endIndex) ?? line.endIndex
+                    f[String(line[..<c])] = String(line[start...])
+                }
+                out[path] = Sample(packetsIn: UInt64(f["packets_in"] ?? "") ?? 0, packetsOut: UInt64(f["packets_out"] ?? "") ?? 0,
+                                   bytesOut: UInt64(f["bytes_out"] ?? "") ?? 0, dropped: UInt64(f["dropped"] ?? "") ?? 0,
+                                   readers: Int(f["readers"] ?? "") ?? 0, space: f["space"] ?? "-", stream: f["stream"] ?? "?")
+                walk(path)
+            }
+        }
+        walk("")
+        return out
+    }
+
+    func pad(_ s: String, _ w: Int) -> String { s.count >= w ? String(s.prefix(w - 1)) + " " : s + String(repeating: " ", count: w - s.count) }
+    func lpad(_ s: String, _ w: Int) -> String { s.count >= w ? " " + s : String(repeating: " ", count: w - s.count) + s }
+    func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) / 1e9 }
 }

@@ -78,3 +78,13 @@ ok "graph: dot and SVG"
 bash -n "$WORK/c.bash" || fail "the bash completion script does not parse"
 grep -q "explain" "$WORK/c.bash" && grep -q "space-cpus" "$WORK/c.bash" || fail "the completion script misses commands or options"
 ok "completion"
+
+# `pipesfs top`: rates from the stats files; a playing source shows packets per second at each filter.
+echo "source loop=pcap:$CAP,loop,rate=5000" > "$MP/.ctl"
+"$PIPESFS" run --mount "$MP" 'loop | ip | count' > /dev/null
+"$PIPESFS" top --mount "$MP" -n 2 -d 0.5 --batch > "$WORK/top.txt"
+cat "$WORK/top.txt"
+[ "$(grep -c '^FILTER ' "$WORK/top.txt")" = 2 ] || fail "top: expected two updates"
+rate=$(awk '$1 == "/loop/ip/count" { r = $2 } END { print r + 0 }' "$WORK/top.txt")
+[ "$rate" -gt 100 ] || fail "top: /loop/ip/count shows $rate packets/s in its second update"
+ok "top: /loop/ip/count at $rate packets/s"
