@@ -76,7 +76,7 @@ extension Controller {
                     if target.parent === dir { continue }  // the directory parent: the first input
                     if (try withLock { () throws(ControlError) -> Bool in dir.links.contains { $0.target === target } }) { continue }
                     let name = try freeName("to-\(target.name)", in: dir)
-                    try link(mountPoint + target.path, in: dir, named: name)
+                    try link(Controller.relativePath(from: dir.path, to: target.path), in: dir, named: name)
                     built.links.append((dir, name))
                 }
             }
@@ -130,6 +130,16 @@ extension Controller {
         built.created.append(node)
         built.used.append(node)
         return node
+    }
+
+    /// The symlink text in directory `dir` that leads to `target` (both paths from the root): `../tcp/union`.
+    static func relativePath(from dir: String, to target: String) -> String {
+        let a = dir.split(separator: "/")
+        let b = target.split(separator: "/")
+        var k = 0
+        while k < a.count && k < b.count && a[k] == b[k] { k += 1 }
+        let up = [String](repeating: "..", count: a.count - k)
+        return (up + b[k...].map(String.init)).joined(separator: "/")
     }
 
     /// `base`, or `base.2`, `base.3`... if taken below `dir`.

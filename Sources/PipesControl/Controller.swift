@@ -502,6 +502,21 @@ public final class Controller: @unchecked Sendable {
         if trimmed.isEmpty { return }
         if trimmed.hasPrefix("source ") {
             try addSource(String(trimmed.dropFirst(7)).trimmingWhitespace(), uid: uid, gid: gid)
+        } else if trimmed.hasPrefix("mkdir ") {
+            // mkdir /A/B/C: C below the existing /A/B (what `pipesfs save` writes for class directories with
+            // nothing below them).
+            let (parent, last) = try rootPath(String(trimmed.dropFirst(6)).trimmingWhitespace(), op: ".ctl: '\(trimmed)'")
+            try makeDirectory(in: parent, named: last, uid: uid, gid: gid)
+        } else if trimmed.hasPrefix("link ") {
+            // link /A/B/NAME -> TARGET: the symlink NAME in /A/B (as ln -s TARGET /A/B/NAME; `pipesfs save`).
+            let body = String(trimmed.dropFirst(5))
+            guard let arrow = body.indices.first(where: { body[$0...].hasPrefix(" -> ") }) else {
+                throw fail(".ctl: '\(trimmed)'", ControlError(EINVAL, "link wants PATH -> TARGET"))
+            }
+            let (dir, name) = try rootPath(String(body[..<arrow]).trimmingWhitespace(), op: ".ctl: '\(trimmed)'")
+            try link(String(body[body.index(arrow, offsetBy: 4)...]).trimmingWhitespace(), in: dir, named: name)
+        } else if trimmed.hasPrefix("junction ") {
+            try makeDirectory(in: nil, named: String(trimmed.dropFirst(9)).trimmingWhitespace(), uid: uid, gid: gid)
         } else if trimmed.hasPrefix("run ") {
             try run(String(trimmed.dropFirst(4)).trimmingWhitespace(), uid: uid, gid: gid)
         } else if trimmed.hasPrefix("stop ") {
@@ -509,8 +524,25 @@ public final class Controller: @unchecked Sendable {
             guard let id = Int(arg) else { throw fail(".ctl: '\(trimmed)'", ControlError(EINVAL, "stop wants a request id (see /.requests)")) }
             try stop(id, uid: uid)
         } else {
-            throw fail(".ctl: '\(trimmed)'", ControlError(EINVAL, "unknown command (source NAME=SCHEME:SPEC, run REQUEST, stop ID)"))
+            throw fail(".ctl: '\(trimmed)'", ControlError(EINVAL, "unknown command (source NAME=SCHEME:SPEC, junction NAME, mkdir PATH, link PATH -> TARGET, run REQUEST, stop ID)"))
         }
+    }
+
+    /// The directory holding the last component of `/A/B/C` (nil: the root) and that component.
+    private func rootPath(_ path: String, op: String) throws(ControlError) -> (Node?, String) {
+        let parts = path.split(separator: "/").map(String.init)
+        guard let last = parts.last else { throw fail(op, ControlError(EINVAL, "want a path below the root")) }
+        let parent: Node? = try withLock { () throws(ControlError) -> Node? in
+            var n: Node?
+            for p in parts.dropLast() {
+                guard case .node(let c)? = child(of: n, named: p) else {
+                    throw fail(op, ControlError(ENOENT, "no directory '\(p)' on the way"))
+                }
+                n = c
+            }
+            return n
+        }
+        return (parent, last)
     }
 
     /// The text of a node's `ctl` when read.

@@ -57,7 +57,9 @@ public struct RequestPlan: Sendable {
             switch n.kind {
             case .filter(let f):
                 let role: Role
-                if let d = library[f.name] {
+                if f.written != f.name && sources.contains(f.written) {
+                    role = .source(f.written)  // a top-level directory named NAME=ARGS (a junction)
+                } else if let d = library[f.name] {
                     role = .filter(d)
                 } else if sources.contains(f.name) {
                     if !f.arguments.isEmpty {
@@ -77,7 +79,9 @@ public struct RequestPlan: Sendable {
                 if case .source = role, g.edges.contains(where: { $0.to == n.id }) {
                     throw SRLError("'\(f.name)' is a source: nothing can feed it", at: f.range, in: text)
                 }
-                nodes.append(Node(id: n.id, name: f.name, arguments: f.argumentText, role: role, space: f.space ?? 0))
+                let isNamedSource: Bool = { if case .source(let x) = role { x == f.written && f.written != f.name } else { false } }()
+                nodes.append(Node(id: n.id, name: isNamedSource ? f.written : f.name, arguments: isNamedSource ? "" : f.argumentText,
+                                  role: role, space: f.space ?? 0))
             case .union, .intersect, .difference:
                 nodes.append(Node(id: n.id, name: n.name, arguments: "", role: .join(n.name), space: 0))
             }

@@ -210,14 +210,23 @@ struct Parser {
         }
     }
 
-    private mutating func filter(_ name: String) throws(SRLError) -> Expression {
+    private mutating func filter(_ word: String) throws(SRLError) -> Expression {
         let nameToken = token
+        // A filter may be written as its directory name, NAME=ARGS (as `mkdir` names it).
+        var name = word
+        var inline: FilterArgument?
+        if let eq = word.firstIndex(of: "="), eq != word.startIndex {
+            name = String(word[..<eq])
+            let rest = String(word[word.index(after: eq)...])
+            if rest.isEmpty { throw fail("'\(word)': nothing after '=' (write the filter alone, or NAME=ARGS)", nameToken.range) }
+            inline = FilterArgument(key: nil, value: rest, quoted: false, range: nameToken.range)
+        }
         guard let first = name.unicodeScalars.first, first.properties.isAlphabetic, first.isASCII,
               name.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" || $0 == ".") })
         else {
             throw fail("'\(name)' is not a filter name: names start with a letter and hold letters, digits, '_', '-' and '.'", nameToken.range)
         }
-        var call = FilterCall(name: name, arguments: [], tag: nil, space: nil, range: nameToken.range)
+        var call = FilterCall(name: name, written: word, arguments: inline.map { [$0] } ?? [], tag: nil, space: nil, range: nameToken.range)
         try advance()
         while true {
             try skipBreaks()

@@ -49,6 +49,8 @@ public struct FilterArgument: Equatable, Sendable {
 /// A filter mention: its name, arguments and options.
 public struct FilterCall: Equatable, Sendable {
     public var name: String
+    /// The word as written: `name`, or a directory name `NAME=ARGS` (then `ARGS` is the first argument).
+    public var written: String
     public var arguments: [FilterArgument]
     /// `--name=X`: mentions with the same tag are one instance (cycles and joins, §4.2).
     public var tag: String?

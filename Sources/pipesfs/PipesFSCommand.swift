@@ -14,7 +14,7 @@ struct PipesFSCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pipesfs",
         abstract: "A stream filesystem: directories are live filters, nesting is data flow.",
-        subcommands: [Mount.self, Umount.self, Filters.self, Explain.self, Exec.self, Run.self, Stop.self, Graph.self, Top.self, MakePcap.self, Bench.self, ClientRead.self]
+        subcommands: [Mount.self, Umount.self, Filters.self, Explain.self, Exec.self, Run.self, Stop.self, Graph.self, Top.self, Save.self, MakePcap.self, Bench.self, ClientRead.self]
     )
 }
 
@@ -54,12 +54,20 @@ struct Mount: ParsableCommand {
     var demo = false
     @Option(name: .long, help: "Execution spaces: threads, each pinned to a CPU, the graph can be spread over (echo 'space K' > DIR/ctl). 1 runs everything on the sources' threads.")
     var spaces = 1
+    @Option(help: "A script written by 'pipesfs save' (or by hand: .ctl lines) to run once the sources are there.")
+    var restore: String?
     @Option(name: .customLong("space-cpus"), help: "CPUs of spaces 0, 1, ... (comma separated), or 'none' for unpinned threads. Default: space i on CPU i modulo the usable CPUs.")
     var spaceCPUs: String?
 
     func run() throws {
         let cpus: [Int32?]
         do { cpus = try parseSpaceCPUs(spaces: spaces, spaceCPUs) } catch { fail(error.message) }
+        var restoreLines: [String] = []
+        if let restore {
+            guard access(restore, R_OK) == 0 else { fail("--restore \(restore): \(String(cString: strerror(errno)))") }
+            restoreLines = readText(restore).split(separator: "\n").map(String.init)
+                .filter { !$0.allSatisfy { $0 == " " || $0 == "\t" } && !$0.hasPrefix("#") }
+        }
         var sources = source
         if !noRx { sources.insert("rx=live:\(rx)", at: 0) }
         if !noTx { sources.insert("tx=inject:\(tx)", at: min(1, sources.count)) }
@@ -117,6 +125,8 @@ struct Mount: ParsableCommand {
                 _ = try? controller.addSource(s, uid: getuid(), gid: getgid())  // a failure is in .errors already
             }
             if demo { buildDemoGraph(controller, Caller(uid: getuid(), gid: getgid())) }
+            // A saved graph: each line as if written to /.ctl (a refusal is in .errors; the rest goes on).
+            for line in restoreLines { _ = try? controller.rootControl(line, uid: getuid(), gid: getgid()) }
         } stopping: {
             // Streams end first (mapped readers see their end), then the leases close.
             controller.shutdown()

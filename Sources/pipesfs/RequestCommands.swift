@@ -339,3 +339,133 @@ struct Top: ParsableCommand {
     func lpad(_ s: String, _ w: Int) -> String { s.count >= w ? " " + s : String(repeating: " ", count: w - s.count) + s }
     func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) / 1e9 }
 }
+
+/// `pipesfs save [--mount M] [-o FILE]`: the live graph of a mounted PipesFS as a script of `.ctl` lines (junctions,
+/// then one request per top-level directory with a `--name` tag on every filter, so the tree — class
+/// directories, symlinks — comes back exactly with `pipesfs mount --restore FILE`). Sources are not saved: they
+/// come from the mount's options.
+struct Save: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write the live graph of a mounted PipesFS as a request script (restore with mount --restore FILE).")
+    @Option(help: "Where PipesFS is mounted.") var mount = "/pipes"
+    @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
+
+    func run() throws {
+        guard access(mount + "/.errors", R_OK) == 0 else {
+            printError("pipesfs: \(mount) is not a mounted PipesFS")
+            throw ExitCode(1)
+        }
+        let text = try Save.script(mount)
+        guard let output else { print(text, terminator: ""); return }
+        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { printError("pipesfs: cannot write \(output): \(String(cString: strerror(errno)))"); throw ExitCode(1) }
+        defer { close(fd) }
+        _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+
+    struct Dir {
+        var path: String
+        var filter: String
+        var args: String
+        var classText: String?
+    }
+
+    static func read(_ mount: String, _ path: String) -> Dir {
+        var f: [String: String] = [:]
+        for line in readText(mount + path + "/ctl").split(separator: "\n") {
+            guard let c = line.firstIndex(of: ":") else { continue }
+            let start = line.index(c, offsetBy: 2, limitedBy: line.endIndex) ?? line.endIndex
+            f[String(line[..<c])] = String(line[start...])
+        }
+        return Dir(path: path, filter: f["filter"] ?? "?", args: f["args"] ?? "", classText: f["class"])
+    }
+
+    /// An argument as the request language reads it back: bare when it is a plain word, else double-quoted.
+    static func quote(_ s: String) -> String {
+        let plain = !s.isEmpty && s.unicodeScalars.allSatisfy { c in
+            c.value > 0x20 && c.value < 0x7F && !"|+!()\"';#\\".unicodeScalars.contains(c)
+        } && !s.hasPrefix("--")
+        if plain { return s }
+        var out = "\""
+        for c in s.unicodeScalars {
+            switch c {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            default:
+                if c.value < 0x20 || c.value == 0x7F {
+                    let h = String(c.value, radix: 16)
+                    out += "\\x" + (h.count < 2 ? "0" + h : h)
+                } else {
+                    out.unicodeScalars.append(c)
+                }
+            }
+        }
+        return out + "\""
+    }
+
+    static func script(_ mount: String) throws -> String {
+        var lines = ["# pipesfs save of \(mount): junctions, then one request per top-level directory (pipesfs mount --restore FILE)"]
+        var tags: [String: String] = [:]
+        func tag(_ path: String) -> String {
+            if let t = tags[path] { return t }
+            let t = "n\(tags.count + 1)"
+            tags[path] = t
+            return t
+        }
+        func mention(_ d: Dir) -> String {
+            let args = d.args.isEmpty ? "" : " " + quote(d.args)
+            return "\(d.filter == "?" ? "?" : d.filter)\(args) --name=\(tag(d.path))"
+        }
+        var leaves: [String] = []
+        for top in Graph.entries(mount).sorted() where !top.hasPrefix(".") {
+            let root = read(mount, "/" + top)
+            let isJunction = root.filter == "junction"
+            if isJunction { lines.append("junction \(top)") }
+            var chains: [String] = []
+            // The top-level directory is named by its directory name (a source or junction of the tree).
+            func head(_ d: Dir) -> String { d.path == "/" + top ? "\(top) --name=\(tag(d.path))" : mention(d) }
+            func walk(_ d: Dir, via selector: String?, from parent: Dir?) {
+                // readdir lists children in creation order, the order data reaches siblings: keep it.
+                for name in Graph.entries(mount + d.path) where !["all", "all.pcap", "stats", "ctl"].contains(name) {
+                    let path = d.path + "/" + name
+                    var st = stat()
+                    guard lstat(mount + path, &st) == 0 else { continue }
+                    if (st.st_mode & S_IFMT) == S_IFLNK {
+                        var buf = [Int8](repeating: 0, count: 4096)
+                        let n = readlink(mount + path, &buf, buf.count - 1)
+                        guard n > 0 else { continue }
+                        let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                        let resolved = target.hasPrefix("/") ? String(target.dropFirst(mount.count)) : Graph.normalize(d.path + "/" + target)
+                        // Symlinks keep their names: a line of their own, after the requests.
+                        _ = resolved
+                        leaves.append("link \(path) -> \(target)")
+                        continue
+                    }
+                    guard (st.st_mode & S_IFMT) == S_IFDIR else { continue }
+                    let child = read(mount, path)
+                    if let sel = child.classText {
+                        // A class directory with nothing below it: a plain mkdir (a pipe needs a filter after it).
+                        let below = Graph.entries(mount + path).filter { !["all", "all.pcap", "stats", "ctl"].contains($0) }
+                        if below.isEmpty { leaves.append("mkdir \(path)") }
+                        walk(child, via: sel, from: d)
+                    } else if let sel = d.classText, let p = parent {
+                        chains.append("\(head(p)) |\(sel) \(mention(child))")
+                        walk(child, via: nil, from: d)
+                    } else {
+                        chains.append("\(head(d)) | \(mention(child))")
+                        walk(child, via: nil, from: d)
+                    }
+                }
+                _ = selector
+            }
+            walk(root, via: nil, from: nil)
+            let all = chains
+            if !all.isEmpty { lines.append("run " + all.map { "(\($0))" }.joined(separator: " + ")) }
+        }
+        return (lines + leaves).joined(separator: "\n") + "\n"
+    }
+
+}

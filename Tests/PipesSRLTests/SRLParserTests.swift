@@ -119,6 +119,14 @@ struct SRLPaperTests {
         #expect(try arcs("(a ++ b) + c | d") == ["a -> union", "b -> union", "c -> d", "union -> d"])
     }
 
+    @Test("a filter may be written as its directory name: bpf=tcp is bpf with the argument tcp")
+    func directoryNames() throws {
+        #expect(try arcs("rx | bpf=tcp | match=GET") == ["bpf(tcp) -> match(GET)", "rx -> bpf(tcp)"])
+        let r = try SRL.parse("j=raw | ip")
+        guard case .sequence(let s, _) = r.expression, case .filter(let j) = s[0] else { Issue.record("shape"); return }
+        #expect(j.name == "j" && j.written == "j=raw" && j.argumentText == "raw")
+    }
+
     @Test("options: --space=K is kept for placement; a tag's later mention may omit the arguments")
     func options() throws {
         let g = try RequestGraph(SRL.parse("rx | match GET --name=m --space=1 | count | match --name=m"))
@@ -230,7 +238,8 @@ struct SRLErrorTests {
         Malformed(text: "a x --name=X | b | a y --name=X", at: "1:20", says: "--name=X has the arguments 'x' at 1:1; here 'y'"),
         Malformed(text: "a --name=X --space=1 | a --name=X --space=2", at: "1:24", says: "placed in space 1 at 1:1; here in 2"),
         Malformed(text: "1abc | b", at: "1:1", says: "'1abc' is not a filter name"),
-        Malformed(text: "a | b=c", at: "1:5", says: "'b=c' is not a filter name"),
+        Malformed(text: "a | b=", at: "1:5", says: "'b=': nothing after '='"),
+        Malformed(text: "a | 9=c", at: "1:5", says: "'9' is not a filter name"),
         Malformed(text: "a | ünï", at: "1:5", says: "'ünï' is not a filter name"),
         Malformed(text: "a =x", at: "1:3", says: "argument '=x' has no key before '='"),
         Malformed(text: "a key=", at: "1:3", says: "argument 'key=' has no value after '='"),
