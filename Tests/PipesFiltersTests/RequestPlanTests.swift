@@ -201,3 +201,50 @@ struct BooleanRequestTests {
         #expect(c.space.lock.withLock { (tail.filter as! Count).packets } == 3 + 2)
     }
 }
+
+/// A filter whose construction fails (a missing implementation, a refused initialisation).
+let failingDescriptor = FilterDescriptor(name: "broken", summary: "fails to start", usage: "broken", structuralClass: .filtering) { _ throws(FilterError) in
+    throw FilterError("cannot initialise (injected failure)", errno: 5)
+}
+
+@Suite("request transactions")
+struct RequestTransactionTests {
+    /// Every node of the graph and every edge, as text: the runtime's view, not the tree's.
+    func runtime(_ c: Controller) -> [String] {
+        c.space.lock.withLock {
+            c.space.nodes.values.flatMap { n in
+                [n.path] + n.outputs.map { "\(n.path) -> \($0.node.path) [\($0.selector.text)]" }
+            }.sorted()
+        }
+    }
+
+    @Test("a failure injected at each step of a request leaves the graph exactly as before", arguments: 0..<6)
+    func failAtEachStep(_ step: Int) throws {
+        var library = FilterLibrary.byName
+        library["broken"] = failingDescriptor
+        let c = Controller(library: library)
+        defer { c.shutdown() }
+        let j = try c.makeDirectory(in: nil, named: "j=ethernet")
+        // Something already there, partly shared with the request.
+        let plan0 = try RequestPlan("j | ip | tcp | dport |22 count", sources: ["j"], library: library)
+        _ = try c.build(plan0, sources: [plan0.nodes.first { $0.name == "j" }!.id: j])
+        let before = runtime(c)
+        var stages = ["ip", "tcp", "dport |80 count", "match GET", "bpf tcp", "count"]
+        stages[step] = step == 2 ? "dport |80 broken" : "broken"
+        let text = "j | " + stages.joined(separator: " | ")
+        let plan = try RequestPlan(text, sources: ["j"], library: library)
+        do {
+            _ = try c.build(plan, sources: [plan.nodes.first { $0.name == "j" }!.id: j])
+            Issue.record("built: \(text)")
+        } catch {
+            #expect(error.errno == 5, "\(error.message)")
+            #expect(error.message.contains("injected failure"))
+        }
+        #expect(runtime(c) == before, "after '\(text)'")
+        // And the graph still works: a frame written into j reaches the first request's count.
+        let frame = Pkt.ethTCP4(dport: 22)
+        #expect(frame.withUnsafeBytes { c.space.inject(j, bytes: $0) } == .done)
+        let count = try #require(c.space.lock.withLock { c.space.nodes.values.first { $0.descriptor.name == "count" } })
+        #expect(c.space.lock.withLock { (count.filter as! Count).packets } == 1)
+    }
+}
