@@ -42,4 +42,16 @@ struct GeneratorTests {
         #expect(ok, "each block starts with its sequence number, then the pattern")
         #expect(c.statsText(node).contains("blocks_produced: 300"))
     }
+
+    @Test("pacing survives more than 9.2 GB (bytes × 10^9 once overflowed 64 bits and killed the daemon)")
+    func pacingPastNineGigabytes() throws {
+        let c = Controller()
+        defer { c.shutdown() }
+        // 1 TB/s: paced, but never waiting; 160 000 blocks of 64 KiB are 10.5 GB.
+        let node = try c.addSource("g=gen:size=65536,rate=1000000000000,count=160000,paused")
+        let count = try c.makeDirectory(in: node, named: "count")
+        try c.control(node, "start")
+        #expect(eventually(within: 120, pollingEvery: 10_000) { c.space.lock.withLock { count.ended } })
+        #expect(c.space.lock.withLock { (count.filter as! Count).packets } == 160_000)
+    }
 }

@@ -123,7 +123,8 @@ public final class GeneratorSource: SourceFilter, @unchecked Sendable {
             }
             if rate > 0 {
                 paced += Int64(pushed * size)
-                let due = paceStart + paced * 1_000_000_000 / Int64(rate)
+                // In floating point: bytes × 10^9 overflows 64 bits after ~9 GB (36 s at 256 MB/s).
+                let due = paceStart + Int64(Double(paced) * 1e9 / Double(rate))
                 let now = monotonicNanoseconds()
                 if due > now {
                     state.withLock { _ = state.wait(timeoutNanoseconds: min(due - now, 1_000_000_000)) }
