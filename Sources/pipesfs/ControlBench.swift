@@ -11,7 +11,7 @@ import PipesRuntime
 /// `pipesfs bench control`: control-plane latency (§7), in-process, with a `gen` source streaming all along.
 /// * mkdir → first packet: `Controller.makeDirectory` of a probe filter below the source, until the probe has
 ///   seen a block;
-/// * a 20-filter request → active: `Controller.build` of `gen | match x1 | ... | probe` (20 filters), until the
+/// * a 20-filter request → active: `Controller.build` of `gen | count | ... | probe` (20 filters), until the
 ///   probe at its end has seen a block.
 /// Each run removes what it made. Prints p50, p99 and max over the runs; the baseline is the stream's own
 /// inter-block gap (a block every ~1/rate s), which bounds how soon any new filter can see one.
@@ -44,7 +44,7 @@ struct ControlBench: ParsableCommand {
             try c.removeDirectory(in: src, named: n.name)
         }
         var req: [Int64] = []
-        let text = "g | " + (1..<filters).map { "match x\($0)" }.joined(separator: " | ") + " | probe"
+        let text = "g | " + [String](repeating: "count", count: filters - 1).joined(separator: " | ") + " | probe"
         for _ in 0..<runs {
             Probe.reset()
             let t0 = monotonicNanoseconds()

@@ -36,3 +36,10 @@ out=$("$PIPESFS" bench spaces --count 200000 --runs 1)
 echo "$out"
 [ "$(echo "$out" | grep -cE '^(one space|two spaces)')" = 3 ] || fail "bench spaces: expected three rows"
 ok "bench spaces moved every block through one and two execution spaces"
+
+# `bench control`: control latency end to end (a probe sees its first block after each mkdir and each request).
+out=$("$PIPESFS" bench control --runs 20)
+echo "$out"
+echo "$out" | grep -q "^mkdir -> first packet" && echo "$out" | grep -q "^20-filter request -> active" || fail "bench control: missing rows"
+echo "$out" | awk '/->/ { if ($(NF) + 0 >= 10000000) exit 1 }' || fail "bench control: a probe never saw a block"
+ok "bench control measured both cases"
