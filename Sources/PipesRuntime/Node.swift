@@ -105,7 +105,19 @@ public final class Node: @unchecked Sendable {
     /// The execution space the node's filter runs in (§6.1). Changed only under the graph lock; read by the
     /// data path holding that space's lock.
     public internal(set) unowned(unsafe) var home: ExecutionSpace = ExecutionSpace.unplaced {
-        didSet { pipes_store_release32(homeWord, UInt32(bitPattern: Int32(home.index))) }
+        didSet {
+            homeRef = Unmanaged.passUnretained(home)
+            pipes_store_release32(homeWord, UInt32(bitPattern: Int32(home.index)))
+        }
+    }
+    /// `home` for hot paths (no reference counting).
+    private(set) var homeRef = Unmanaged.passUnretained(ExecutionSpace.unplaced)
+
+    /// Delivers `block` as the output of `inlet` (a filter's private node, e.g. pcapout's queue) in the execution
+    /// space `owner` runs in, from inside `owner`'s filter (that space's lock held). No reference counting.
+    @inline(__always)
+    public static func forward(_ inlet: Unmanaged<Node>, inSpaceOf owner: Unmanaged<Node>, _ c: UInt32, _ block: inout Block) {
+        owner._withUnsafeGuaranteedRef { $0.homeRef }._withUnsafeGuaranteedRef { $0.forward(inlet, c, &block) }
     }
     /// `home.index`, readable without a lock (a producer finding which lock to take).
     private let homeWord: UnsafeMutablePointer<UInt32> = {

@@ -38,8 +38,10 @@ final class BPFProgram {
 public final class BPF: Filter {
     private let expression: String
     private var programs: [BPFProgram]
-    /// The program for the link type seen last (hot path: one compare, no lookup).
-    private unowned(unsafe) var current: BPFProgram
+    /// The program for the link type seen last, as plain values (hot path: one compare, no lookup, and no
+    /// reference counting: `programs` keeps the instructions alive).
+    private var currentLinkType: LinkType
+    private var currentInsns: UnsafeMutablePointer<bpf_insn>?
 
     init(_ expression: String) throws(FilterError) {
         let e = expression.trimmingCharacters(in: " ")
@@ -47,25 +49,34 @@ public final class BPF: Filter {
         let p = try BPFProgram(expression: e, linkType: .ethernet)
         self.expression = e
         programs = [p]
-        current = p
+        currentLinkType = p.linkType
+        currentInsns = p.program.bf_insns
     }
 
     @inline(__always)
     public func process(_ block: inout Block) -> UInt32 {
-        if current.linkType != block.linkType { if !select(block.linkType) { return 0 } }
-        return current.matches(block) ? (block.classValue == 0 ? 1 : block.classValue) : 0
+        if currentLinkType != block.linkType { if !select(block.linkType) { return 0 } }
+        guard let base = block.bytes.baseAddress else { return 0 }
+        let hit = bpf_filter(currentInsns, base.assumingMemoryBound(to: UInt8.self),
+                             UInt32(truncatingIfNeeded: block.wireLength), UInt32(block.count)) != 0
+        return hit ? (block.classValue == 0 ? 1 : block.classValue) : 0
     }
 
     /// Finds or compiles the program for a link type (once per link type; not on the steady-state path).
     private var uncompilable: [LinkType] = []
 
     private func select(_ lt: LinkType) -> Bool {
-        if let p = programs.first(where: { $0.linkType == lt }) { current = p; return true }
+        if let p = programs.first(where: { $0.linkType == lt }) { use(p); return true }
         if uncompilable.contains(lt) { return false }
         guard let p = try? BPFProgram(expression: expression, linkType: lt) else { uncompilable.append(lt); return false }
         programs.append(p)
-        current = p
+        use(p)
         return true
+    }
+
+    private func use(_ p: BPFProgram) {
+        currentLinkType = p.linkType
+        currentInsns = p.program.bf_insns
     }
 
     public func attach(streamLinkType: LinkType?) throws(FilterError) {
@@ -73,7 +84,7 @@ public final class BPF: Filter {
         if programs.contains(where: { $0.linkType == lt }) { _ = select(lt); return }
         let p = try BPFProgram(expression: expression, linkType: lt)
         programs.append(p)
-        current = p
+        use(p)
     }
 
     public var arguments: String { expression }

@@ -48,6 +48,9 @@ public final class Exec: SourceFilter, @unchecked Sendable {
     /// Carries the input ring as its one tap; never in the graph. Pushing a block through it is what puts the
     /// ring into the producer's batch (wake-ups, congestion).
     private let inlet: Node
+    private let inletRef: Unmanaged<Node>
+    /// The node, unretained, for the hot path.
+    private var nodeRef: Unmanaged<Node>?
     /// Set under the space lock by `attach`; used under it by `process` and `setDemand`. The threads keep strong
     /// references while they run.
     private unowned(unsafe) var space: Space?
@@ -94,6 +97,7 @@ public final class Exec: SourceFilter, @unchecked Sendable {
         wake = (w[0], w[1])
         input = TapRing(capacity: Exec.inputCapacity, policy: .block, maxCapacity: Exec.inputCapacity * 4)
         inlet = Node(id: 0, name: "exec-input", descriptor: ClassSelection.descriptor, filter: ClassSelection())
+        inletRef = Unmanaged.passUnretained(inlet)
     }
 
     deinit {
@@ -106,7 +110,7 @@ public final class Exec: SourceFilter, @unchecked Sendable {
 
     /// The input side: appends the block to the input ring through the inlet. Never blocks.
     public func process(_ block: inout Block) -> UInt32 {
-        if let n = node { n.home.forward(inlet, 1, &block) }  // the node's space runs the inlet's tap too
+        if let n = nodeRef { Node.forward(inletRef, inSpaceOf: n, 1, &block) }  // the node's space runs the inlet's tap too
         return 0
     }
 
@@ -122,6 +126,7 @@ public final class Exec: SourceFilter, @unchecked Sendable {
         }
         self.space = space
         self.node = node
+        nodeRef = Unmanaged.passUnretained(node)
         space.addTap(inlet, input, .raw)
         input.setPolicy(space.isFedByLiveSource(node) ? .drop : .block)
         input.setReadableNotifier { [self] in state.withLock { inputReadable = true; state.broadcast() } }

@@ -29,8 +29,9 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter {
     private var unboundDrops: UInt64 = 0
     /// The space and a private node whose one tap is the sink's queue; set by `bind`, used under the space lock.
     private unowned(unsafe) var space: Space?
-    /// The node the filter runs as: its execution space runs the inlet's tap too.
-    private unowned(unsafe) var owner: Node?
+    /// The node the filter runs as (its execution space runs the inlet's tap too), and the inlet, unretained.
+    private var owner: Unmanaged<Node>?
+    private let inletRef: Unmanaged<Node>
     private let inlet: Node
     private var shut = false
 
@@ -39,6 +40,7 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter {
         self.path = path
         sink = WriterSink(fd: try PcapOut.open(path), path: path)
         inlet = Node(id: 0, name: "pcapout-queue", descriptor: ClassSelection.descriptor, filter: ClassSelection())
+        inletRef = Unmanaged.passUnretained(inlet)
         FileWriter.shared.register(sink)
     }
 
@@ -79,7 +81,7 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter {
     public func bind(space: Space, node: Node) throws(FilterError) {
         if linkType == nil { writeHeader(.ethernet) }
         self.space = space
-        owner = node
+        owner = Unmanaged.passUnretained(node)
         space.addTap(inlet, sink.queue, .pcap(linkType!))
         FileWriter.shared.setReporter(sink) { [space] line in space.reportError(line) }
     }
@@ -103,7 +105,7 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter {
             if let o = owner {
                 let before = inlet.stats.tapDrops
                 var b = block
-                o.home.forward(inlet, 1, &b)  // the tap writes the record header and joins the producer's batch
+                Node.forward(inletRef, inSpaceOf: o, 1, &b)  // the tap writes the record header and joins the producer's batch
                 if inlet.stats.tapDrops == before {
                     written &+= 1
                     appended &+= 16 &+ UInt64(block.count)
