@@ -20,13 +20,20 @@ public final class ExecutionSpace: @unchecked Sendable {
     /// The data-path lock of the space's nodes.
     let lock = ConditionLock()
     /// The batch of the producer holding the lock (`defaultBatch` outside `begin`/`end`).
-    private var current: Batch
+    /// Unretained: every producer keeps its own batch alive for the length of its `begin`/`end`, and the space
+    /// keeps `defaultBatch`; switching batches and appending to them costs no reference counting.
+    private var currentRef: Unmanaged<Batch>
+    @inline(__always) private var current: Unmanaged<Batch> { currentRef }
     let defaultBatch = Batch()
     weak var graph: Space?
     /// Where the scheduler thread sleeps while its input rings are empty.
     public let doorbell = Doorbell()
     /// Channels whose consumer this space is, in the order they were made (graph lock to change; own lock to read).
-    var inputs: [SpaceChannel] = []
+    var inputs: [SpaceChannel] = [] {
+        didSet { inputsVersion &+= 1 }
+    }
+    /// Bumped with every change of `inputs`: the scheduler rebuilds its unretained copy only then.
+    private var inputsVersion = 0
     private let thread = JoinableThread()
     /// Graph lock held to change.
     private var threadStarted = false
@@ -48,7 +55,7 @@ public final class ExecutionSpace: @unchecked Sendable {
     init(index: Int, cpu: Int32?) {
         self.index = index
         self.cpu = cpu
-        current = defaultBatch
+        currentRef = Unmanaged.passUnretained(defaultBatch)
     }
 
     /// A placeholder home for nodes that are not in a graph (a filter's private inlet node).
@@ -60,7 +67,7 @@ public final class ExecutionSpace: @unchecked Sendable {
     @inline(__always)
     public func begin(_ batch: Batch) {
         lock.lock()
-        current = batch
+        currentRef = Unmanaged.passUnretained(batch)
     }
 
     /// Releases the lock taken by `begin`.
@@ -73,13 +80,15 @@ public final class ExecutionSpace: @unchecked Sendable {
     /// Ends the current batch's work under the lock (signals) and goes back to the default batch.
     @inline(__always)
     func settle() {
-        if !current.exports.isEmpty || !current.channels.isEmpty { deferFlush(current) }
-        current = defaultBatch
+        currentRef._withUnsafeGuaranteedRef { b in
+            if !b.exports.isEmpty || !b.channels.isEmpty { deferFlush(b) }
+        }
+        currentRef = Unmanaged.passUnretained(defaultBatch)
     }
 
     /// Lock held by the graph (every space's lock): runs `body` as this space's producer with `batch`.
     func asProducer<R>(_ batch: Batch, _ body: () -> R) -> R {
-        current = batch
+        currentRef = Unmanaged.passUnretained(batch)
         defer { settle() }
         return body()
     }
@@ -96,7 +105,12 @@ public final class ExecutionSpace: @unchecked Sendable {
     private func deferFlush(_ b: Batch) {
         let kick = deferredFlushes.isEmpty && deferredSignals.isEmpty
         let waiting = !b.congested.isEmpty  // the producer will wait for readers: they must run now
-        for x in b.exports {
+        // Loops by index here and below: `for in` over an array runs a coroutine that an unoptimized build
+        // allocates (once per batch is still too often for 09-no-alloc's debug pass).
+        var i = 0
+        while i < b.exports.count {
+            let x = b.exports[i]
+            i += 1
             if !x.hasSleepers {
                 x.pendingFlush = false  // nobody to wake: readers that sleep later see what was published
             } else if waiting || x.hasWaitingTaps {
@@ -107,7 +121,10 @@ public final class ExecutionSpace: @unchecked Sendable {
         }
         b.exports.removeAll(keepingCapacity: true)
         if kick { deferredDelay = Space.moderationDelayNanoseconds }
-        for c in b.channels {
+        i = 0
+        while i < b.channels.count {
+            let c = b.channels[i]
+            i += 1
             if waiting || c.delayNanoseconds == 0 {
                 c.signal()
             } else {
@@ -116,18 +133,21 @@ public final class ExecutionSpace: @unchecked Sendable {
             }
         }
         b.channels.removeAll(keepingCapacity: true)
-        if kick && (!deferredFlushes.isEmpty || !deferredSignals.isEmpty) {
-            let delay = deferredDelay
-            flusher.request { [self] in flushDeferred(after: delay) }
-        }
+        if kick && (!deferredFlushes.isEmpty || !deferredSignals.isEmpty) { flusher.request(flushWork) }
     }
 
-    private func flushDeferred(after delay: UInt32) {
+    /// Made once: a request with a new closure would allocate per batch.
+    private lazy var flushWork: @Sendable () -> Void = { [unowned self] in flushDeferred() }
+
+    private func flushDeferred() {
+        let delay = lock.withLock { deferredDelay }
         usleep(max(1, delay / 1000))
         lock.withLock {
-            for x in deferredFlushes { x.flush() }
+            var i = 0
+            while i < deferredFlushes.count { deferredFlushes[i].flush(); i += 1 }
             deferredFlushes.removeAll(keepingCapacity: true)
-            for c in deferredSignals { c.signal() }
+            i = 0
+            while i < deferredSignals.count { deferredSignals[i].signal(); i += 1 }
             deferredSignals.removeAll(keepingCapacity: true)
         }
     }
@@ -212,20 +232,22 @@ public final class ExecutionSpace: @unchecked Sendable {
     private func deliverToTaps(_ hotTaps: UnsafeMutableBufferPointer<HotTap>, _ k: UnsafeMutablePointer<NodeStats>,
                                _ block: Block) {
         for t in hotTaps {
-            let r: AppendResult
-            if t.pcapLinkType < 0 {
-                r = t.ring.append(header: nil, body: block.bytes)
-            } else if t.pcapLinkType == block.linkType.dltValue {
-                var hdr: (UInt32, UInt32, UInt32, UInt32) = (
-                    UInt32(truncatingIfNeeded: block.seconds), UInt32(truncatingIfNeeded: max(0, block.nanoseconds) / 1000),
-                    UInt32(block.count), UInt32(truncatingIfNeeded: block.wireLength))
-                r = withUnsafeBytes(of: &hdr) { t.ring.append(header: $0, body: block.bytes) }
-            } else {
-                r = []
+            t.ring._withUnsafeGuaranteedRef { ring in
+                let r: AppendResult
+                if t.pcapLinkType < 0 {
+                    r = ring.append(header: nil, body: block.bytes)
+                } else if t.pcapLinkType == block.linkType.dltValue {
+                    var hdr: (UInt32, UInt32, UInt32, UInt32) = (
+                        UInt32(truncatingIfNeeded: block.seconds), UInt32(truncatingIfNeeded: max(0, block.nanoseconds) / 1000),
+                        UInt32(block.count), UInt32(truncatingIfNeeded: block.wireLength))
+                    r = withUnsafeBytes(of: &hdr) { ring.append(header: $0, body: block.bytes) }
+                } else {
+                    r = []
+                }
+                if !r.contains(.stored) { k.pointee.tapDrops &+= 1 }
+                if r.contains(.becameReadable) { current._withUnsafeGuaranteedRef { $0.wake.append(ring) } }
+                if r.contains(.congested) { current._withUnsafeGuaranteedRef { $0.congested.append(ring) } }
             }
-            if !r.contains(.stored) { k.pointee.tapDrops &+= 1 }
-            if r.contains(.becameReadable) { current.wake.append(t.ring) }
-            if r.contains(.congested) { current.congested.append(t.ring) }
         }
     }
 
@@ -235,10 +257,10 @@ public final class ExecutionSpace: @unchecked Sendable {
             let r = x.append(block.bytes, classValue: block.classValue, wireLength: block.wireLength,
                              linkType: UInt16(truncatingIfNeeded: block.linkType.dltValue), timestampNanoseconds: ts)
             if !r.contains(.stored) { k.pointee.tapDrops &+= 1 }
-            if r.contains(.congested) { current.congested.append(x) }
+            if r.contains(.congested) { current._withUnsafeGuaranteedRef { $0.congested.append(x) } }
             if !x.pendingFlush {
                 x.pendingFlush = true
-                current.exports.append(x)
+                current._withUnsafeGuaranteedRef { $0.exports.append(x) }
             }
         }
     }
@@ -251,10 +273,10 @@ public final class ExecutionSpace: @unchecked Sendable {
             let ts = Int64(block.seconds) &* 1_000_000_000 &+ Int64(block.nanoseconds)
             let r = c.append(block.bytes, serial: block.serial, classValue: block.classValue, wireLength: block.wireLength,
                              linkType: UInt16(truncatingIfNeeded: block.linkType.rawValue), timestampNanoseconds: ts)
-            if r.contains(.congested) { current.congested.append(c) }
+            if r.contains(.congested) { current._withUnsafeGuaranteedRef { $0.congested.append(c) } }
             if !c.pendingSignal {
                 c.pendingSignal = true
-                current.channels.append(c)
+                current._withUnsafeGuaranteedRef { $0.channels.append(c) }
             }
         }
     }
@@ -262,7 +284,7 @@ public final class ExecutionSpace: @unchecked Sendable {
     /// True when a lossless reader the current producer wrote to is past its high-water mark: end the batch
     /// early. Lock held.
     @inline(__always)
-    public var needsDrain: Bool { current.needsDrain }
+    public var needsDrain: Bool { current._withUnsafeGuaranteedRef { $0.needsDrain } }
 
     /// Ends a producer's batch: call after `end()`. Wakes readers and, if `mayWait`, waits (bounded by
     /// `stopRequested`) until the lossless readers the batch congested drained. Allocates nothing.
@@ -323,27 +345,48 @@ public final class ExecutionSpace: @unchecked Sendable {
             graph?.reportError("space \(index): cannot pin its thread to CPU \(cpu!) (\(String(cString: strerror(-pinRC)))): it runs unpinned")
         }
         let batch = Batch()
-        var snapshot: [SpaceChannel] = []
-        defer { snapshot = [] }
+        // The inputs, unretained (`inputs` keeps them alive; it changes only under the graph lock, which includes
+        // this space's lock, and the copy is rebuilt under the lock before use): no reference counting per pass.
+        // A plain buffer, walked by index: iterating an Array goes through a coroutine that an unoptimized build
+        // allocates per loop.
+        var hot = UnsafeMutableBufferPointer<Unmanaged<SpaceChannel>>(start: nil, count: 0)
+        defer { hot.deallocate() }
+        var hotVersion = -1
         var idleSince: Int64 = 0
+        let stop: () -> Bool = { [unowned self] in lock.withLock { stopping } }
         while true {
             lock.lock()
             if stopping { lock.unlock(); return }
-            current = batch
+            if hotVersion != inputsVersion {
+                hot.deallocate()
+                hot = .allocate(capacity: inputs.count)
+                for (i, ch) in inputs.enumerated() { (hot.baseAddress! + i).initialize(to: Unmanaged.passUnretained(ch)) }
+                hotVersion = inputsVersion
+            }
+            currentRef = Unmanaged.passUnretained(batch)
             var moved = 0
             var ended = false
-            // Snapshot only when the graph changed the inputs (the array is shared otherwise: no copy).
-            snapshot = inputs
-            for ch in snapshot {
-                moved &+= ch.consume(in: self, budget: ExecutionSpace.budget)
-                if ch.endPending && ch.isDrained { ch.endPending = false; ended = true }
-                if current.needsDrain { break }
+            var i = 0
+            while i < hot.count {
+                let u = hot[i]
+                i += 1
+                // The closure returns what it found rather than changing captured variables (which would be boxed
+                // on the heap in an unoptimized build).
+                let (m, e, drain) = u._withUnsafeGuaranteedRef { ch -> (Int, Bool, Bool) in
+                    let m = ch.consume(in: self, budget: ExecutionSpace.budget)
+                    var e = false
+                    if ch.endPending && ch.isDrained { ch.endPending = false; e = true }
+                    return (m, e, needsDrain)
+                }
+                moved &+= m
+                if e { ended = true }
+                if drain { break }
             }
             consumed &+= UInt64(moved)
             settle()
             lock.unlock()
             if ended { graph?.requestRefresh() }
-            finishBatch(batch, mayWait: true) { [self] in lock.withLock { stopping } }
+            finishBatch(batch, mayWait: true, stopRequested: stop)
             if moved != 0 { idleSince = 0; continue }
             // Idle: keep looking for a while (a producer in the middle of a stream publishes again soon, and a
             // sleep costs both sides a system call), then sleep until a producer rings or the safety timeout.
@@ -355,11 +398,15 @@ public final class ExecutionSpace: @unchecked Sendable {
             }
             idleSince = 0
             let token = doorbell.prepareSleep()
-            let work: Bool = lock.withLock {
-                if stopping || inputs.contains(where: { $0.mayHaveRecords || ($0.endPending && $0.isDrained) }) { return true }
-                sleeps &+= 1
-                return false
+            lock.lock()
+            var work = stopping || hotVersion != inputsVersion
+            var j = 0
+            while !work && j < hot.count {
+                work = hot[j]._withUnsafeGuaranteedRef { $0.mayHaveRecords || ($0.endPending && $0.isDrained) }
+                j += 1
             }
+            if !work { sleeps &+= 1 }
+            lock.unlock()
             if work {
                 doorbell.cancelSleep()
                 continue

@@ -33,7 +33,8 @@ struct HotEdge {
 
 /// A tap as the hot path sees it.
 struct HotTap {
-    unowned(unsafe) let ring: TapRing
+    /// Unretained: `Node.taps` keeps the ring alive; the hot path takes no reference.
+    let ring: Unmanaged<TapRing>
     let pcapLinkType: Int32  // -1 for raw
 }
 
@@ -242,7 +243,7 @@ public final class Node: @unchecked Sendable {
             case .raw: lt = -1
             case .pcap(let l): lt = l.dltValue
             }
-            (buf.baseAddress! + i).initialize(to: HotTap(ring: t.ring, pcapLinkType: lt))
+            (buf.baseAddress! + i).initialize(to: HotTap(ring: Unmanaged.passUnretained(t.ring), pcapLinkType: lt))
         }
         hotTaps = buf
     }

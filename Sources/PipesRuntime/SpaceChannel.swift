@@ -74,17 +74,20 @@ public final class SpaceChannel: @unchecked Sendable {
             n = consumeRetired(in: space, budget: budget)
             if !retired.isEmpty { return n }
         }
-        let r = ring
         let d = Unmanaged.passUnretained(dest)
-        while n < budget, let rec = r.next() {
-            var b = Block(record: rec)
-            space.push(d, &b)
-            r.consume(rec)
-            n &+= 1
-            if space.needsDrain { break }
+        let start = n
+        return hotRing._withUnsafeGuaranteedRef { r -> Int in
+            var k = start  // a local of the closure: no boxed capture
+            while k < budget, let rec = r.next() {
+                var b = Block(record: rec)
+                space.push(d, &b)
+                r.consume(rec)
+                k &+= 1
+                if space.needsDrain { break }
+            }
+            if k != 0 { r.consumerProgress() }
+            return k
         }
-        if n != 0 { r.consumerProgress() }
-        return n
     }
 
     private func consumeRetired(in space: ExecutionSpace, budget: Int) -> Int {
