@@ -94,3 +94,52 @@ final class Probe: Filter, @unchecked Sendable {
     static let descriptor = FilterDescriptor(name: "probe", summary: "benchmark probe", usage: "(bench only)",
                                              structuralClass: .passThrough) { _ throws(FilterError) in Probe() }
 }
+
+/// `pipesfs bench exec FILE`: `pipesfs exec 'pcapin FILE | bpf "EXPR" | pcapout OUT'` against
+/// `tcpdump -r FILE -w OUT2 EXPR`, both as processes on a cached capture; the outputs must be the same bytes.
+struct ExecBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "exec",
+        abstract: "pipesfs exec 'pcapin F | bpf EXPR | pcapout O' vs tcpdump -r F -w O2 EXPR (same output, time ratio).")
+    @Argument(help: "A capture file (pipesfs mkpcap --megabytes 300 FILE).") var file: String
+    @Option(help: "The filter expression.") var expression = "tcp dst port 80"
+    @Option(help: "Runs of each; the best is reported.") var runs = 3
+
+    func run() throws {
+        guard let st = fileStatus(file) else { fail("cannot open \(file)") }
+        _ = timeCommand(["cat", file])  // warm the page cache
+        let me = CommandLine.arguments[0].hasPrefix("/") ? CommandLine.arguments[0] : currentDirectory() + "/" + CommandLine.arguments[0]
+        let out1 = "/tmp/pipesfs-bench-exec-\(getpid()).pcap", out2 = "/tmp/pipesfs-bench-tcpdump-\(getpid()).pcap"
+        defer { unlink(out1); unlink(out2) }
+        var ours = Double.infinity, theirs = Double.infinity
+        for _ in 0..<max(1, runs) {
+            let (s1, t1) = timeCommand([me, "exec", "--quiet", "pcapin \(file) | bpf \"\(expression)\" | pcapout \(out1)"])
+            if s1 != 0 { fail("pipesfs exec failed (status \(s1))") }
+            ours = min(ours, t1)
+            let (s2, t2) = timeCommand(["tcpdump", "-r", file, "-w", out2, expression])
+            if s2 != 0 { fail("tcpdump failed (is it installed?)") }
+            theirs = min(theirs, t2)
+        }
+        let same = fileBytes(out1) == fileBytes(out2)
+        let mb = Double(st.st_size) / 1e6
+        print("capture: \(file) (\(format2(mb)) MB), expression '\(expression)'")
+        print("pipesfs exec 'pcapin | bpf | pcapout': \(format2(ours)) s (\(format2(mb / ours)) MB/s)")
+        print("tcpdump -r -w:                        \(format2(theirs)) s (\(format2(mb / theirs)) MB/s)")
+        print("ratio (tcpdump time / pipesfs time): \(format2(theirs / ours))x; outputs \(same ? "identical" : "DIFFER")")
+        if !same { throw ExitCode(1) }
+    }
+
+    func fileBytes(_ path: String) -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        if fd < 0 { return [] }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return out
+    }
+}

@@ -54,7 +54,13 @@ public final class FileWriter: @unchecked Sendable {
     private let lock = ConditionLock()
     private var sinks: [WriterSink] = []
     private var work = false
+    /// A close, a sync or a new file: write at once, without waiting for more bytes.
+    private var urgent = false
     private var running = false
+    /// Moderation of writes: a pass for fewer queued bytes than this waits up to `gatherNanoseconds` for more, so
+    /// a stream of small batches becomes a few large writes instead of a system call and a thread switch per batch.
+    static let gatherBytes = 256 << 10
+    static let gatherNanoseconds: Int64 = 1_000_000
     private var passes: UInt64 = 0
     /// How the writer thread writes: "io_uring", or "pwrite (reason)". A refusal of io_uring is reported once
     /// per process, through the sink being written then.
@@ -72,6 +78,7 @@ public final class FileWriter: @unchecked Sendable {
         let start: Bool = lock.withLock {
             sinks.append(sink)
             work = true
+            urgent = true
             lock.broadcast()
             if running { return false }
             running = true
@@ -93,6 +100,7 @@ public final class FileWriter: @unchecked Sendable {
         lock.withLock {
             sink.closeRequested = true
             work = true
+            urgent = true
             lock.broadcast()
         }
     }
@@ -102,6 +110,7 @@ public final class FileWriter: @unchecked Sendable {
     func sync(_ sink: WriterSink, upTo target: UInt64, timeoutNanoseconds: Int64) -> Bool {
         lock.withLock {
             work = true
+            urgent = true
             lock.broadcast()
             return lock.wait(until: { sink.closed || sink.published.bytesTaken >= target }, timeoutNanoseconds: timeoutNanoseconds)
         }
@@ -142,6 +151,15 @@ public final class FileWriter: @unchecked Sendable {
                 lock.unlock()
                 return
             }
+            // Gather: unless something is urgent, give small amounts a moment to grow (in steps, since appends to
+            // a non-empty queue do not signal).
+            let deadline = monotonicNanoseconds() + FileWriter.gatherNanoseconds
+            while !urgent && !sinks.contains(where: { $0.queue.available >= FileWriter.gatherBytes }) {
+                let left = deadline - monotonicNanoseconds()
+                if left <= 0 { break }
+                lock.wait(timeoutNanoseconds: min(left, 100_000))
+            }
+            urgent = false
             work = false
             let list = sinks
             lock.unlock()

@@ -43,3 +43,10 @@ echo "$out"
 echo "$out" | grep -q "^mkdir -> first packet" && echo "$out" | grep -q "^20-filter request -> active" || fail "bench control: missing rows"
 echo "$out" | awk '/->/ { if ($(NF) + 0 >= 10000000) exit 1 }' || fail "bench control: a probe never saw a block"
 ok "bench control measured both cases"
+
+# `bench exec`: pipesfs exec against tcpdump on the same capture; it fails unless the two output files are identical.
+"$PIPESFS" mkpcap "$WORK/b.pcap" --flows 2000 --seed 3 > /dev/null
+out=$("$PIPESFS" bench exec "$WORK/b.pcap" --runs 1)
+echo "$out"
+echo "$out" | grep -q "outputs identical" || fail "bench exec: outputs differ"
+ok "bench exec wrote what tcpdump writes"
