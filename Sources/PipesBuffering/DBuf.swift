@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import PipesRingABI
+import Synchronization
 
 /// Why a ring could not be created or mapped: a one-line reason and the errno.
 public struct RingError: Error, CustomStringConvertible, Sendable {
@@ -183,6 +184,10 @@ public final class DBuf: @unchecked Sendable {
     private var quietLaps = 0
     /// Deck-cut memory above `from` (an offset in the data area) to give back once every reader is at `until`.
     private var pendingRelease: (from: UInt64, until: UInt64)?
+
+    /// When `reclaimDeadReaders` last looked (monotonic ns); any thread.
+    private let lastReclaim = Atomic<UInt64>(0)
+    static let reclaimInterval: UInt64 = 10_000_000
 
     /// Times the ring grew and shrank (by itself or by hand), for statistics and tests.
     public private(set) var grows = 0
@@ -448,7 +453,15 @@ public final class DBuf: @unchecked Sendable {
 
     /// Frees the slots of readers whose process has gone (killed while mapped): a blocking ring would
     /// otherwise wait for them for ever. Called before the producer sleeps for room.
+    ///
+    /// At most once per `reclaimInterval` (callers that sleep for room call it before every sleep, and with many
+    /// readers a `kill(pid, 0)` per reader per sleep was a visible part of the producer's time): a dead reader
+    /// holds the producer at most that much longer.
     public func reclaimDeadReaders() {
+        let now = UInt64(monotonicNanoseconds())
+        let last = lastReclaim.load(ordering: .relaxed)
+        if now &- last < DBuf.reclaimInterval && last != 0 { return }
+        lastReclaim.store(now, ordering: .relaxed)
         let me = UInt32(getpid())
         for i in 0..<maxReaders {
             let state = RingFields.state(f.slots + i)
@@ -1191,7 +1204,9 @@ public final class DBufReader: @unchecked Sendable {
             // About to sleep: a producer waiting for room must not miss what this reader consumed (`consume`
             // checks its flag without a fence and moderates its wake-ups); here, once per sleep, with a fence.
             pipes_fence_seq_cst()
-            if pipes_load_acquire32(roomFlag) != 0 {
+            // Not again for a tail it was already woken for: a producer that slept after that wake-up set its
+            // flag first, so it read this tail or a later one.
+            if wokeProducerAt != tail && pipes_load_acquire32(roomFlag) != 0 {
                 wokeProducerAt = tail
                 _ = pipes_fetch_add32(f.roomSeq, 1)
                 _ = pipes_futex_wake(f.roomSeq, Int32.max)
