@@ -144,7 +144,25 @@ static void wake_producer(struct ring_map *m) {
    fence, before this reader sleeps. Not checked against the fence-free flag load: see ring_wait. */
 static inline void wake_producer_moderated(struct reader *r) {
     if (pipes_load_acquire32(&r->m.h->producer.waiting_for_room) == 0) return;
-    if (r->tail - r->woke_producer_at < (r->m.capacity >> 3)) return;
+    /* An eighth of the part of the ring in use (its deck-cut), not of the mapped region: a producer that
+       waits until less than a quarter of its cut is unread would otherwise hear from no reader until it sleeps. */
+    uint32_t cut_log2 = pipes_load_acquire32(&r->m.h->producer.size_log2);
+    uint64_t cut = cut_log2 >= 12 && (1ull << cut_log2) <= r->m.capacity ? 1ull << cut_log2 : r->m.capacity;
+    if (r->tail - r->woke_producer_at < (cut >> 3)) return;
+    /* Only the slowest reader's progress gives the producer room: if another active reader is still behind
+       where this one was, leave the wake-up to it (it wakes the producer as it moves, and before it sleeps;
+       a producer sleeps at most 1 ms at a time, so a reader that died costs that and its reclaim). With ten
+       readers, each waking the producer's thread for room it did not make cost more than the reading. */
+    struct pipes_ring_header *h = r->m.h;
+    for (uint32_t i = 0; i < h->info.max_readers && i < PIPES_RING_MAX_READERS; i++) {
+        struct pipes_ring_reader *s = &h->readers[i];
+        if (s == r->slot || pipes_load_acquire32(&s->state) != PIPES_READER_ACTIVE) continue;
+        uint64_t t = pipes_load_acquire64(&s->tail);
+        if ((int64_t)(r->woke_producer_at - t) > 0) {
+            r->woke_producer_at = r->tail;
+            return;
+        }
+    }
     r->woke_producer_at = r->tail;
     pipes_fetch_add32(&r->m.h->consumers.room_seq, 1);
     pipes_futex_wake(&r->m.h->consumers.room_seq, 0x7fffffff);

@@ -1273,7 +1273,9 @@ public final class DBufReader: @unchecked Sendable {
 
     @inline(never)
     private func wakeProducerSlow() {
-        if tail &- wokeProducerAt < (mask &+ 1) >> 3 { return }
+        // An eighth of the part in use (the deck-cut), not of the mapped region.
+        let cut = min(UInt64(1) << UInt64(min(34, pipes_load_acquire32(region.f.cutLog2))), mask &+ 1)
+        if tail &- wokeProducerAt < cut >> 3 { return }
         wokeProducerAt = tail
         _ = pipes_fetch_add32(region.f.roomSeq, 1)
         _ = pipes_futex_wake(region.f.roomSeq, Int32.max)
