@@ -50,6 +50,7 @@ struct reader {
     int spin;                      /* adaptive spin budget before sleeping (see ring_wait) */
     struct pipes_ring_reader *slot;
     uint64_t tail, cached_head, next_seq, delivered, dropped;
+    uint64_t woke_producer_at;     /* tail when this reader last woke a producer waiting for room */
     /* the record pipes_tap_peek handed out last */
     int peeked;
     uint64_t peek_pos, peek_span, peek_seq;
@@ -134,6 +135,39 @@ static void wake_producer(struct ring_map *m) {
     pipes_futex_wake(&m->h->consumers.room_seq, 1);
 }
 
+/* After moving the tail: wakes a producer waiting for room, moderated like its wake-ups of readers (paper
+   §6.2). While the flag stays set this reader bumps room_seq at most once per eighth of the ring it consumes:
+   with several readers (fan-out) each of them would otherwise make a futex system call for every record it
+   consumed until the producer ran again (get_futex_key pins the shared page each time), a storm that cost
+   the readers of `bench fanout` more than their reading. A producer that went back to sleep meanwhile waits at
+   most its bounded futex wait (1 ms) or until this reader consumed another eighth; ring_wait bumps it, with a
+   fence, before this reader sleeps. Not checked against the fence-free flag load: see ring_wait. */
+static inline void wake_producer_moderated(struct reader *r) {
+    if (pipes_load_acquire32(&r->m.h->producer.waiting_for_room) == 0) return;
+    /* An eighth of the part of the ring in use (its deck-cut), not of the mapped region: a producer that
+       waits until less than a quarter of its cut is unread would otherwise hear from no reader until it sleeps. */
+    uint32_t cut_log2 = pipes_load_acquire32(&r->m.h->producer.size_log2);
+    uint64_t cut = cut_log2 >= 12 && (1ull << cut_log2) <= r->m.capacity ? 1ull << cut_log2 : r->m.capacity;
+    if (r->tail - r->woke_producer_at < (cut >> 3)) return;
+    /* Only the slowest reader's progress gives the producer room: if another active reader is still behind
+       where this one was, leave the wake-up to it (it wakes the producer as it moves, and before it sleeps;
+       a producer sleeps at most 1 ms at a time, so a reader that died costs that and its reclaim). With ten
+       readers, each waking the producer's thread for room it did not make cost more than the reading. */
+    struct pipes_ring_header *h = r->m.h;
+    for (uint32_t i = 0; i < h->info.max_readers && i < PIPES_RING_MAX_READERS; i++) {
+        struct pipes_ring_reader *s = &h->readers[i];
+        if (s == r->slot || pipes_load_acquire32(&s->state) != PIPES_READER_ACTIVE) continue;
+        uint64_t t = pipes_load_acquire64(&s->tail);
+        if ((int64_t)(r->woke_producer_at - t) > 0) {
+            r->woke_producer_at = r->tail;
+            return;
+        }
+    }
+    r->woke_producer_at = r->tail;
+    pipes_fetch_add32(&r->m.h->consumers.room_seq, 1);
+    pipes_futex_wake(&r->m.h->consumers.room_seq, 0x7fffffff);
+}
+
 static void release_slot(struct reader *r) {
     if (!r->slot) return;
     publish_counters(r);
@@ -201,9 +235,7 @@ static void ring_consume(struct reader *r) {
     r->delivered++;
     if ((r->delivered & 63) == 0) publish_counters(r);
     pipes_store_release64(&r->slot->tail, r->tail);
-    /* A producer waiting for room waits until less than half the ring is unread: only a reader that is now
-       below that can be the one it waits for (saves a system call per record from readers still far behind). */
-    if (!r->m.drop && r->cached_head - r->tail < r->m.capacity / 2) wake_producer(&r->m);
+    if (!r->m.drop) wake_producer_moderated(r);
 }
 
 /* A record torn by the producer (lossy rings): counted as dropped, skipped. */
@@ -247,7 +279,11 @@ static void ring_wait(struct reader *r, uint64_t timeout_ns) {
        checks its flag without a fence, which can miss it; here, once per sleep, with one). */
     if (!r->m.drop) {
         pipes_fence_seq_cst();
-        if (pipes_load_acquire32(&h->producer.waiting_for_room)) {
+        /* Not again for a tail this reader already woke it for: a producer that sleeps after that wake-up
+           set its flag first and so read this tail (or a later one). With several readers asleep between
+           batches, each re-waking the producer's waiting thread at every sleep cost a context switch. */
+        if (r->woke_producer_at != r->tail && pipes_load_acquire32(&h->producer.waiting_for_room)) {
+            r->woke_producer_at = r->tail;
             pipes_fetch_add32(&h->consumers.room_seq, 1);
             pipes_futex_wake(&h->consumers.room_seq, 0x7fffffff);
         }
@@ -549,6 +585,7 @@ static int fallback_peek(struct pipes_tap *t, struct pipes_block *b, int timeout
 int pipes_tap_peek(pipes_tap *t, struct pipes_block *b, int timeout_ms) {
     if (!t->mapped) return fallback_peek(t, b, timeout_ms);
     uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ns() + (uint64_t)timeout_ms * 1000000u;
+    int idle = 0;   /* the last wait brought nothing: time to ask whether the daemon is still there */
     for (;;) {
         if (ring_peek(&t->r, b)) return 1;
         if (pipes_load_acquire32(&t->r.m.h->producer.moved)) {
@@ -562,13 +599,16 @@ int pipes_tap_peek(pipes_tap *t, struct pipes_block *b, int timeout_ms) {
             continue;
         }
         if (end) return 0;
-        if (daemon_gone(t)) {   /* killed or crashed: the ring will never move or close */
+        /* Killed or crashed: the ring will never move or close. A system call (poll), so only once a wait
+           brought nothing, not before every wait (a reader that waits between every batch made one each time). */
+        if (idle && daemon_gone(t)) {
             errno = ECONNRESET;
             return -1;
         }
         uint64_t now = now_ns();
         if (now >= deadline) { errno = EAGAIN; return -1; }
         ring_wait(&t->r, deadline == UINT64_MAX ? 1000000000u : deadline - now);
+        idle = pipes_load_acquire64(&t->r.m.h->producer.head) == t->r.tail;
     }
 }
 

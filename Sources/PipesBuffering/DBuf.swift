@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import PipesRingABI
+import Synchronization
 
 /// Why a ring could not be created or mapped: a one-line reason and the errno.
 public struct RingError: Error, CustomStringConvertible, Sendable {
@@ -184,6 +185,10 @@ public final class DBuf: @unchecked Sendable {
     /// Deck-cut memory above `from` (an offset in the data area) to give back once every reader is at `until`.
     private var pendingRelease: (from: UInt64, until: UInt64)?
 
+    /// When `reclaimDeadReaders` last looked (monotonic ns); any thread.
+    private let lastReclaim = Atomic<UInt64>(0)
+    static let reclaimInterval: UInt64 = 10_000_000
+
     /// Times the ring grew and shrank (by itself or by hand), for statistics and tests.
     public private(set) var grows = 0
     public private(set) var shrinks = 0
@@ -333,13 +338,18 @@ public final class DBuf: @unchecked Sendable {
                     cachedMinTail = minTail()
                 }
             }
-            // Ask for the lines a few records ahead while this side is busy with this one: known free (behind the
-            // slowest tail by a lap), so no reader is reading them. Their previous lap is in the readers' caches;
-            // without the hint each new line's ownership transfer stalls the producer's stores.
-            let ahead = head &+ need &+ DBuf.prefetchDistance
-            if ahead &+ 64 &- cachedMinTail <= UInt64(capacity) {
-                pipes_prefetch_write(data + Int(ahead & mask))
-                pipes_prefetch_write(data + Int((ahead &+ 64) & mask))
+            // Small records: ask for the lines a few records ahead while this side is busy with this one: known
+            // free (behind the slowest tail by a lap), so no reader is reading them. Their previous lap is in the
+            // readers' caches; without the hint each new line's ownership transfer stalls the producer's stores
+            // (`bench ipc`, 512 B: ~25 GB/s with it, ~14.5 without). Not for records of a kilobyte and more: there
+            // the copy streams and the hint cost a third of the throughput at 4 KiB (28-34 GB/s with it, 43-49
+            // without; AMD EPYC, 2 cores).
+            if span <= DBuf.prefetchSpanLimit {
+                let ahead = head &+ need &+ DBuf.prefetchDistance
+                if ahead &+ 64 &- cachedMinTail <= UInt64(capacity) {
+                    pipes_prefetch_write(data + Int(ahead & mask))
+                    pipes_prefetch_write(data + Int((ahead &+ 64) & mask))
+                }
             }
         case .drop:
             if scaling.method == .reallocate && head &+ need &- cachedMinTail > UInt64(capacity)
@@ -453,7 +463,15 @@ public final class DBuf: @unchecked Sendable {
 
     /// Frees the slots of readers whose process has gone (killed while mapped): a blocking ring would
     /// otherwise wait for them for ever. Called before the producer sleeps for room.
+    ///
+    /// At most once per `reclaimInterval` (callers that sleep for room call it before every sleep, and with many
+    /// readers a `kill(pid, 0)` per reader per sleep was a visible part of the producer's time): a dead reader
+    /// holds the producer at most that much longer.
     public func reclaimDeadReaders() {
+        let now = UInt64(monotonicNanoseconds())
+        let last = lastReclaim.load(ordering: .relaxed)
+        if now &- last < DBuf.reclaimInterval && last != 0 { return }
+        lastReclaim.store(now, ordering: .relaxed)
         let me = UInt32(getpid())
         for i in 0..<maxReaders {
             let state = RingFields.state(f.slots + i)
@@ -470,8 +488,10 @@ public final class DBuf: @unchecked Sendable {
     /// other side usually moves within microseconds, and a futex round trip costs more than that.
     static let spins = 4000
 
-    /// How far ahead of its position each side asks for cache lines (bytes).
+    /// How far ahead of its position the producer asks for cache lines (bytes), for records up to
+    /// `prefetchSpanLimit` bytes long.
     static let prefetchDistance: UInt64 = 2048
+    static let prefetchSpanLimit: UInt64 = 1024
     /// A reader that waited takes a batch of this many bytes if the producer publishes them within `batchSpins`.
     static let readBatch: UInt64 = 1024
     static let batchSpins = 48
@@ -855,8 +875,145 @@ public final class DBufReader: @unchecked Sendable {
         public let linkType: UInt16
         /// Capture time in nanoseconds since the Unix epoch (0: none).
         public let timestampNanoseconds: Int64
-        let position: UInt64
-        let span: UInt64
+        @usableFromInline let position: UInt64
+        @usableFromInline let span: UInt64
+
+        @inlinable
+        init(bytes: UnsafeRawBufferPointer, classValue: UInt32, sequence: UInt64, wireLength: Int, linkType: UInt16,
+             timestampNanoseconds: Int64, position: UInt64, span: UInt64) {
+            self.bytes = bytes
+            self.classValue = classValue
+            self.sequence = sequence
+            self.wireLength = wireLength
+            self.linkType = linkType
+            self.timestampNanoseconds = timestampNanoseconds
+            self.position = position
+            self.span = span
+        }
+
+        /// The record whose header is at `rec` (byte index `position`), with `len` payload bytes.
+        @inlinable @inline(__always)
+        init(_ rec: UnsafeMutablePointer<pipes_rec>, _ len: UInt32, at position: UInt64) {
+            self.init(bytes: UnsafeRawBufferPointer(start: UnsafeRawPointer(rec) + MemoryLayout<pipes_rec>.size, count: Int(len)),
+                      classValue: rec.pointee.class_value, sequence: rec.pointee.sequence,
+                      wireLength: Int(rec.pointee.wire_length), linkType: rec.pointee.link_type,
+                      timestampNanoseconds: rec.pointee.timestamp_ns, position: position, span: pipes_rec_span(len))
+        }
+    }
+
+    /// A run of published records handed out in place one after the other (batched peek, as netmap's receive
+    /// slots or an io_uring completion queue): the producer's head is loaded once for the run and the tail
+    /// published once, by `consume(_ run:)`, instead of once per record. Take one with `peekRun`, walk it with
+    /// `next()`, give it back with `consume(_:)` (records not yet handed out stay unread). Every record it
+    /// hands out stays valid until the run is consumed, on a `.block` ring.
+    ///
+    /// On a `.drop` ring the producer may overwrite records while they are used: a record must be used before
+    /// the next call to `next()` or `consume`, which validate it (one fence each, as `isStillValid`); one the
+    /// producer overtook meanwhile counts as dropped, not delivered (`torn`), and a record whose header was
+    /// already overwritten ends the run (the reader resyncs on the next peek, counting what it lost). So for
+    /// every reader delivered + dropped = produced, exactly, as with `peek`.
+    public struct RecordRun {
+        @usableFromInline let data: UnsafeMutableRawPointer
+        @usableFromInline let mask: UInt64
+        /// Records start before this byte index (the head when the run was taken, at most `limit` bytes on).
+        @usableFromInline let end: UInt64
+        @usableFromInline let validates: Bool
+        @usableFromInline let oldestPointer: UnsafeMutablePointer<UInt64>
+        /// The byte index after the last record handed out (and the pads after it).
+        @usableFromInline var position: UInt64
+        @usableFromInline var remaining: Int
+        @usableFromInline var handedOut = 0
+        @usableFromInline var overtaken = 0
+        /// Records handed out so far.
+        public var count: Int { handedOut }
+        /// `.drop`: records handed out that the producer overwrote before they were validated.
+        public var torn: Int { overtaken }
+        @usableFromInline var lastSequence: UInt64 = 0
+        @usableFromInline var lastPosition: UInt64 = 0
+        /// `.drop`: the record handed out last is not validated yet.
+        @usableFromInline var unvalidated = false
+
+        @usableFromInline
+        init(data: UnsafeMutableRawPointer, mask: UInt64, start: UInt64, end: UInt64, validates: Bool,
+             oldestPointer: UnsafeMutablePointer<UInt64>, maxRecords: Int) {
+            self.data = data
+            self.mask = mask
+            self.position = start
+            self.end = end
+            self.validates = validates
+            self.oldestPointer = oldestPointer
+            self.remaining = maxRecords
+        }
+
+        /// The next record of the run, or nil at its end. No shared index is loaded or stored on a `.block` ring.
+        @inlinable
+        public mutating func next() -> Record? {
+            if validates { return nextValidated() }
+            while remaining > 0 && position < end {
+                let rec = pipes_rec_at(data, mask, position)!
+                let len = rec.pointee.length
+                if len == PIPES_REC_PAD {
+                    position &+= pipes_rec_pad_skip(rec, mask, position)
+                    continue
+                }
+                let r = Record(rec, len, at: position)
+                position &+= r.span
+                remaining &-= 1
+                handedOut &+= 1
+                lastSequence = r.sequence
+                return r
+            }
+            return nil
+        }
+
+        /// `.drop`: validates the record handed out last (it was used meanwhile) and the next one's header.
+        @usableFromInline
+        mutating func nextValidated() -> Record? {
+            if unvalidated {
+                unvalidated = false
+                if !isValid(lastPosition) {
+                    overtaken += 1
+                    remaining = 0
+                    return nil  // overtaken: what follows is gone too; the reader resyncs on its next peek
+                }
+            }
+            while remaining > 0 && position < end {
+                let rec = pipes_rec_at(data, mask, position)!
+                let len = rec.pointee.length
+                let step = len == PIPES_REC_PAD ? pipes_rec_pad_skip(rec, mask, position) : pipes_rec_span(len)
+                let r = len == PIPES_REC_PAD ? nil : Record(rec, len, at: position)
+                if !isValid(position) {  // the header was overwritten while read
+                    remaining = 0
+                    return nil
+                }
+                guard let r else {
+                    position &+= step
+                    continue
+                }
+                position &+= step
+                remaining -= 1
+                handedOut += 1
+                lastSequence = r.sequence
+                lastPosition = r.position
+                unvalidated = true
+                return r
+            }
+            return nil
+        }
+
+        @usableFromInline
+        func isValid(_ p: UInt64) -> Bool {
+            pipes_fence_seq_cst()
+            return p >= pipes_load_acquire64(oldestPointer)
+        }
+
+        /// `.drop`: validates the last record handed out, at `consume`.
+        mutating func settle() {
+            if unvalidated {
+                unvalidated = false
+                if !isValid(lastPosition) { overtaken += 1 }
+            }
+        }
     }
 
     /// The next record, without copying, or nil if there is none yet.
@@ -872,11 +1029,39 @@ public final class DBufReader: @unchecked Sendable {
 
     @inline(__always)
     private func record(_ rec: UnsafeMutablePointer<pipes_rec>, _ len: UInt32) -> Record {
-        Record(bytes: UnsafeRawBufferPointer(start: UnsafeRawPointer(rec) + MemoryLayout<pipes_rec>.size, count: Int(len)),
-               classValue: rec.pointee.class_value, sequence: rec.pointee.sequence,
-               wireLength: Int(rec.pointee.wire_length), linkType: rec.pointee.link_type,
-               timestampNanoseconds: rec.pointee.timestamp_ns,
-               position: tail, span: pipes_rec_span(len))
+        Record(rec, len, at: tail)
+    }
+
+    /// The records published and not yet read, as a run to walk in place (at most `maxRecords` of them, and
+    /// at most `maxBytes` bytes of ring from the first, default an eighth of the ring: a `.block` producer
+    /// gets room back run by run), or nil if there is none yet. One load of the producer's head per run; the
+    /// tail is published once, by `consume(_ run:)`. See `RecordRun`.
+    public func peekRun(maxRecords: Int = Int.max, maxBytes: Int? = nil) -> RecordRun? {
+        guard let first = peek() else { return nil }  // pads, a `.drop` ring's resync and a moved ring: as `peek`
+        if isBlocking { cachedHead = pipes_load_acquire64(headPointer) }
+        let limit = UInt64(max(1, maxBytes ?? Int(mask &+ 1) >> 3))
+        let end = cachedHead &- first.position > limit ? first.position &+ limit : cachedHead
+        return RecordRun(data: data, mask: mask, start: first.position, end: end, validates: !isBlocking,
+                         oldestPointer: oldestPointer, maxRecords: max(1, maxRecords))
+    }
+
+    /// Moves past every record `run` handed out: one tail store (and, for a producer waiting for room, at most
+    /// one wake-up). On a `.drop` ring, validates the last of them first (see `RecordRun`).
+    public func consume(_ run: RecordRun) {
+        var run = run
+        run.settle()
+        tail = run.position
+        guard run.count > 0 else {
+            pipes_store_release64(tailPointer, tail)
+            return
+        }
+        nextSequence = run.lastSequence &+ 1
+        let before = delivered
+        delivered &+= UInt64(run.count - run.torn)
+        dropped &+= UInt64(run.torn)
+        if delivered >> 6 != before >> 6 || run.torn > 0 { publishCounters() }
+        pipes_store_release64(tailPointer, tail)
+        if isBlocking { wakeProducer() }
     }
 
     @inline(never)
@@ -1033,7 +1218,9 @@ public final class DBufReader: @unchecked Sendable {
             // About to sleep: a producer waiting for room must not miss what this reader consumed (`consume`
             // checks its flag without a fence and moderates its wake-ups); here, once per sleep, with a fence.
             pipes_fence_seq_cst()
-            if pipes_load_acquire32(roomFlag) != 0 {
+            // Not again for a tail it was already woken for: a producer that slept after that wake-up set its
+            // flag first, so it read this tail or a later one.
+            if wokeProducerAt != tail && pipes_load_acquire32(roomFlag) != 0 {
                 wokeProducerAt = tail
                 _ = pipes_fetch_add32(f.roomSeq, 1)
                 _ = pipes_futex_wake(f.roomSeq, Int32.max)
@@ -1100,7 +1287,9 @@ public final class DBufReader: @unchecked Sendable {
 
     @inline(never)
     private func wakeProducerSlow() {
-        if tail &- wokeProducerAt < (mask &+ 1) >> 3 { return }
+        // An eighth of the part in use (the deck-cut), not of the mapped region.
+        let cut = min(UInt64(1) << UInt64(min(34, pipes_load_acquire32(region.f.cutLog2))), mask &+ 1)
+        if tail &- wokeProducerAt < cut >> 3 { return }
         wokeProducerAt = tail
         _ = pipes_fetch_add32(region.f.roomSeq, 1)
         _ = pipes_futex_wake(region.f.roomSeq, Int32.max)

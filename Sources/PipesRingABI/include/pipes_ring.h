@@ -60,8 +60,8 @@
  * batch (a flush), which bounds the latency. A BLOCK producer waiting for room sets
  * producer.waiting_for_room, re-checks, and sleeps on consumers.room_seq, which a reader bumps after moving
  * its tail. That direction is moderated too: a reader need not bump room_seq for every record it consumes
- * while the flag stays set (the Swift reader bumps it once per eighth of the ring, the client library while it
- * is less than half the ring behind), but every reader bumps it, after a full fence, before it sleeps itself.
+ * while the flag stays set (the Swift reader and the client library bump it once per eighth of the ring in use
+ * they consume; the client library not while another reader is further behind), but every reader bumps it, after a full fence, before it sleeps itself.
  * A missed wake-up therefore costs at most the sleeper's bounded wait (the ring's timeout; 1 ms for a producer).
  */
 #ifndef PIPES_RING_H
