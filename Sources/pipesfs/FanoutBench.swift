@@ -157,7 +157,10 @@ func processThreadsCPUSeconds(_ pid: pid_t) -> Double {
         let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
         guard name.first?.isNumber == true, let f = fopen("/proc/\(pid)/task/\(name)/schedstat", "r") else { continue }
         var buf = [CChar](repeating: 0, count: 128)
-        if fgets(&buf, 127, f) != nil, let v = UInt64(String(cString: buf).split(separator: " ").first ?? "") { ns += v }
+        if fgets(&buf, 127, f) != nil,
+           let v = UInt64(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ").first ?? "") {
+            ns += v
+        }
         fclose(f)
     }
     return Double(ns) / 1e9
