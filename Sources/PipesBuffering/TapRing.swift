@@ -232,6 +232,24 @@ public final class TapRing: @unchecked Sendable {
         return false
     }
 
+    /// Copies up to `max` queued bytes into `buffer` and moves past them, without waiting (the file writer's
+    /// read: no closure, so nothing is allocated per call). Returns how many.
+    public func copyOut(into buffer: UnsafeMutableRawPointer, max: Int) -> Int {
+        lock.lock()
+        let n = min(max, head - tail)
+        if n <= 0 { lock.unlock(); return 0 }
+        let drained = deliverLocked(max: n) { o in
+            if case .data(let a, let b) = o {
+                if let x = a.baseAddress { buffer.copyMemory(from: x, byteCount: a.count) }
+                if let y = b.baseAddress { (buffer + a.count).copyMemory(from: y, byteCount: b.count) }
+            }
+        }
+        let fire = drained ? takeDrainWaitersLocked() : []
+        lock.unlock()
+        for f in fire { f() }
+        return n
+    }
+
     /// Cancels a parked read (an interrupt): it is answered with EINTR. No-op if already delivered.
     public func cancel(id: UInt64) {
         lock.lock()

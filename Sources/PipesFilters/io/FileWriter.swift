@@ -143,6 +143,11 @@ public final class FileWriter: @unchecked Sendable {
         }
         let buffers = (0..<2).map { _ in UnsafeMutableRawPointer.allocate(byteCount: FileWriter.chunk, alignment: 4096) }
         defer { for b in buffers { b.deallocate() } }
+        // Reused every pass: a pass allocates nothing (09-no-alloc counts the writer too).
+        var results: [(WriterSink, WriterSink.Published)] = []
+        var closing: [WriterSink] = []
+        results.reserveCapacity(8)
+        closing.reserveCapacity(8)
         while true {
             lock.lock()
             while !work && !sinks.isEmpty { lock.wait() }
@@ -165,13 +170,13 @@ public final class FileWriter: @unchecked Sendable {
             lock.unlock()
 
             var more = false
-            var results: [(WriterSink, WriterSink.Published)] = []
+            results.removeAll(keepingCapacity: true)
+            closing.removeAll(keepingCapacity: true)
             for s in list {
                 var p = lock.withLock { s.published }
                 if drain(s, &p, uring, buffers) { more = true }
                 results.append((s, p))
             }
-            var closing: [WriterSink] = []
             lock.withLock {
                 for (s, p) in results { s.published = p }
                 for s in list where s.closeRequested && s.queue.available == 0 { closing.append(s) }
@@ -202,28 +207,30 @@ public final class FileWriter: @unchecked Sendable {
         }
         if let note, let reporter { reporter(note) }
         var budget = FileWriter.passBudget
-        var free = [0, 1]
-        var lengths = [0, 0]
-        var starts = [0, 0]
+        // Two buffers: which are free (bits 0 and 1), and each one's length and file offset. Plain values, not
+        // arrays: nothing is allocated per pass.
+        var freeMask: UInt8 = 0b11
+        var lengths = (0, 0)
+        var starts = (0, 0)
         while true {
             // Fill free buffers from the queue and start their writes.
-            while let i = free.last, budget > 0 {
-                let n = take(s.queue, into: buffers[i], max: min(FileWriter.chunk, budget))
+            while freeMask != 0, budget > 0 {
+                let i = freeMask & 0b10 != 0 ? 1 : 0
+                let n = s.queue.copyOut(into: buffers[i], max: min(FileWriter.chunk, budget))
                 if n == 0 { break }
-                free.removeLast()
+                freeMask &= ~(1 << UInt8(i))
                 budget -= n
                 p.bytesTaken &+= UInt64(n)
                 if p.error != 0 {
                     p.bytesLost &+= UInt64(n)
-                    free.append(i)
+                    freeMask |= 1 << UInt8(i)
                     continue
                 }
-                lengths[i] = n
-                starts[i] = s.offset
+                if i == 0 { lengths.0 = n; starts.0 = s.offset } else { lengths.1 = n; starts.1 = s.offset }
                 s.offset += n
-                uring.write(s.fd, buffers[i], n, at: starts[i], tag: UInt64(i))
+                uring.write(s.fd, buffers[i], n, at: s.offset - n, tag: UInt64(i))
             }
-            if uring.inFlight == 0 && free.count == 2 {
+            if uring.inFlight == 0 && freeMask == 0b11 {
                 uring.submit()
                 if uring.inFlight == 0 { break }
             } else {
@@ -232,9 +239,11 @@ public final class FileWriter: @unchecked Sendable {
             let (tag, res) = uring.complete()
             let i = Int(tag)
             var r = Int(res)
+            let len = i == 0 ? lengths.0 : lengths.1
+            let at = i == 0 ? starts.0 : starts.1
             // A short write: the rest, synchronously (rare: a full disk usually shows as ENOSPC on the next).
-            while r >= 0 && r < lengths[i] {
-                let w = pwrite(s.fd, buffers[i] + r, lengths[i] - r, off_t(starts[i] + r))
+            while r >= 0 && r < len {
+                let w = pwrite(s.fd, buffers[i] + r, len - r, off_t(at + r))
                 if w < 0 && errno == EINTR { continue }
                 if w <= 0 { r = w == 0 ? -Int(EIO) : -Int(errno); break }
                 r += w
@@ -244,25 +253,12 @@ public final class FileWriter: @unchecked Sendable {
                     p.error = Int32(-r)
                     report(s, "pcapout '\(s.path)': write failed: \(String(cString: strerror(Int32(-r)))); later records are dropped")
                 }
-                p.bytesLost &+= UInt64(lengths[i])
+                p.bytesLost &+= UInt64(len)
             } else {
-                p.bytesWritten &+= UInt64(lengths[i])
+                p.bytesWritten &+= UInt64(len)
             }
-            free.append(i)
+            freeMask |= 1 << UInt8(i)
         }
         return s.queue.available > 0
-    }
-
-    /// Copies up to `max` queued bytes into `buffer`; returns how many.
-    private func take(_ q: TapRing, into buffer: UnsafeMutableRawPointer, max: Int) -> Int {
-        var n = 0
-        q.read(max: max, id: 0, nonBlocking: true) { o in
-            if case .data(let a, let b) = o {
-                if let x = a.baseAddress { buffer.copyMemory(from: x, byteCount: a.count) }
-                if let y = b.baseAddress { (buffer + a.count).copyMemory(from: y, byteCount: b.count) }
-                n = a.count + b.count
-            }
-        }
-        return n
     }
 }
