@@ -281,14 +281,7 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
         return true
     }
 
-    private func fireDrainWaiters() {
-        let fire: [() -> Void] = drainLock.withLock {
-            let f = drainWaiters
-            drainWaiters = []
-            return f
-        }
-        for f in fire { f() }
-    }
+    private func fireDrainWaiters() { drainLock.runTaking(&drainWaiters) }
 
     public func waitUntilDrained(timeoutNanoseconds: Int64) -> Bool {
         let deadline = monotonicNow() &+ UInt64(max(0, timeoutNanoseconds))

@@ -336,14 +336,7 @@ public final class ExportRing: BatchRing, @unchecked Sendable {
         fireDrainWaiters()
     }
 
-    private func fireDrainWaiters() {
-        let fire: [() -> Void] = drainLock.withLock {
-            let f = drainWaiters
-            drainWaiters = []
-            return f
-        }
-        for f in fire { f() }
-    }
+    private func fireDrainWaiters() { drainLock.runTaking(&drainWaiters) }
 
     /// Active reader slots now (for stats).
     public var readers: Int {

@@ -71,6 +71,18 @@ public final class ConditionLock: @unchecked Sendable {
     public func signal() { pthread_cond_signal(cond) }
 }
 
+extension ConditionLock {
+    /// Takes every callback out of `list` under the lock, then runs them without it (drain notifications of
+    /// rings: a callback may take other locks).
+    public func runTaking(_ list: inout [() -> Void]) {
+        let fire: [() -> Void] = withLock {
+            defer { list = [] }
+            return list
+        }
+        for f in fire { f() }
+    }
+}
+
 /// Monotonic clock in nanoseconds.
 @inline(__always)
 public func monotonicNanoseconds() -> Int64 {

@@ -98,22 +98,12 @@ struct Lexer {
             return Token(kind: .plus, range: SourceRange(start, length: 1))
         case "|":
             advance()
-            var sel = String.UnicodeScalarView()
-            while let d = peekScalar(), !Lexer.endsWord(d) {
-                if Lexer.isControl(d) { throw fail("unexpected control character \(Lexer.describe(d))", here) }
-                sel.append(d)
-                advance()
-            }
+            let sel = try scanWord()
             return Token(kind: .pipe(String(sel)), range: SourceRange(start, length: 1 + sel.count))
         case "\"", "'":
             return try quoted(c, start)
         default:
-            var w = String.UnicodeScalarView()
-            while let d = peekScalar(), !Lexer.endsWord(d) {
-                if Lexer.isControl(d) { throw fail("unexpected control character \(Lexer.describe(d))", here) }
-                w.append(d)
-                advance()
-            }
+            let w = try scanWord()
             let word = String(w)
             let range = SourceRange(start, length: w.count)
             if word.hasPrefix("--") {
@@ -126,6 +116,17 @@ struct Lexer {
             }
             return Token(kind: .word(word), range: range)
         }
+    }
+
+    /// The scalars up to the next blank or operator (a word, or a pipe's selector).
+    private mutating func scanWord() throws(SRLError) -> String.UnicodeScalarView {
+        var w = String.UnicodeScalarView()
+        while let d = peekScalar(), !Lexer.endsWord(d) {
+            if Lexer.isControl(d) { throw fail("unexpected control character \(Lexer.describe(d))", here) }
+            w.append(d)
+            advance()
+        }
+        return w
     }
 
     /// A string in double quotes (escapes `\\ \" \n \t \r \xHH`) or single quotes (literal).

@@ -199,8 +199,8 @@ struct Parser {
         switch token.kind {
         case .pipe, .plus, .union, .intersect, .end: return
         case .close where parens > 0: return
-        case .newline, .semicolon where script: return
         case .newline: return
+        case .semicolon where script: return
         case .close: throw fail("unexpected ')': no '(' is open", token.range)
         case .bang:
             throw fail("expected '|', '+', '++' or '+*' after \(what), found '!' ('!' starts a negation; quote it to pass it as an argument: \"!x\")",

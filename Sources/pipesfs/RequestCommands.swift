@@ -8,6 +8,15 @@ import PipesBuffering
 import PipesRuntime
 import PipesSRL
 
+/// A request resolved against the filter library, or its error (line:column, the line, a caret) on standard
+/// error and exit status 2.
+func resolvedPlan(_ text: String, sources: Set<String>) throws -> RequestPlan {
+    do { return try RequestPlan(text, sources: sources) } catch {
+        printError("pipesfs: \(error.description)")
+        throw ExitCode(2)
+    }
+}
+
 /// `pipesfs explain 'SRL'`: parses a request (paper §4.2), resolves its filters and class selectors against the
 /// filter library, and prints the graph it describes. Errors show the line, the column and a caret.
 struct Explain: ParsableCommand {
@@ -23,13 +32,7 @@ struct Explain: ParsableCommand {
     var sourceNames: [String] = []
 
     func run() throws {
-        do {
-            let plan = try RequestPlan(request, sources: RequestPlan.defaultSources.union(sourceNames))
-            print(plan.explanation, terminator: "")
-        } catch {
-            printError("pipesfs: \(error.description)")
-            throw ExitCode(2)
-        }
+        print(try resolvedPlan(request, sources: RequestPlan.defaultSources.union(sourceNames)).explanation, terminator: "")
     }
 }
 
@@ -49,11 +52,7 @@ struct Exec: ParsableCommand {
     @Flag(help: "Print nothing at the end.") var quiet = false
 
     func run() throws {
-        let plan: RequestPlan
-        do { plan = try RequestPlan(request, sources: []) } catch {
-            printError("pipesfs: \(error.description)")
-            throw ExitCode(2)
-        }
+        let plan = try resolvedPlan(request, sources: [])
         let c = Controller(space: Space(spaces: max(1, min(64, spaces)), cpus: []))
         do {
             var sources: [Int: Node] = [:]
@@ -103,11 +102,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let text = request.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: " ")
-        let roots = Set(topLevelNames(mount))
-        do { _ = try RequestPlan(text, sources: roots) } catch {
-            printError("pipesfs: \(error.description)")
-            throw ExitCode(2)
-        }
+        _ = try resolvedPlan(text, sources: Set(topLevelNames(mount)))
         try writeControl(mount, "run \(text)")
         let mine = readText(mount + "/.requests").split(separator: "\n").last { $0.split(separator: " ", maxSplits: 2).last.map(String.init) == text }
         if let id = mine?.split(separator: " ").first { print(id) }

@@ -291,8 +291,7 @@ struct ExecTests {
     func lossyBelowLive() throws {
         let c = Controller()
         defer { c.shutdown() }
-        let desc = FilterDescriptor(name: "livestub", summary: "", usage: "", structuralClass: .source) { _ throws(FilterError) in LiveStub() }
-        let src = Node(id: c.space.allocateID(), name: "live", descriptor: desc, filter: LiveStub())
+        let src = Node(id: c.space.allocateID(), name: "live", descriptor: stubSourceDescriptor, filter: StubSource(live: true))
         c.space.lock.withLock {
             c.space.attach(src, under: nil)
             c.space.refresh()
@@ -340,15 +339,4 @@ extension String {
         while let l = s.last, set.contains(l) { s = s.dropLast() }
         return String(s)
     }
-}
-
-/// A live source that pushes nothing by itself: the test pushes for it.
-final class LiveStub: SourceFilter {
-    var isLive: Bool { true }
-    var finished: Bool { false }
-    var linkType: LinkType { .ethernet }
-    func attach(space: Space, node: Node) throws(FilterError) {}
-    func setDemand(_ d: Bool) {}
-    func process(_ block: inout Block) -> UInt32 { 1 }
-    func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool { true }
 }

@@ -8,23 +8,6 @@ import Testing
 
 // MARK: helpers
 
-/// A source whose lossiness and end the test sets (under the graph lock).
-final class SettableSource: SourceFilter, @unchecked Sendable {
-    var live: Bool
-    var done = false
-    init(live: Bool) { self.live = live }
-    var isLive: Bool { live }
-    var finished: Bool { done }
-    var linkType: LinkType { .ethernet }
-    func attach(space: Space, node: Node) throws(FilterError) {}
-    func setDemand(_ d: Bool) {}
-    func process(_ block: inout Block) -> UInt32 { 1 }
-    func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool { true }
-}
-
-let settableSourceDescriptor = FilterDescriptor(name: "settable", summary: "", usage: "", structuralClass: .source) { _ throws(FilterError) in
-    SettableSource(live: false)
-}
 
 /// Checks that blocks arrive numbered 0, 1, 2... (a little-endian UInt64 at offset 0), optionally slowly, and
 /// forwards them. Runs in whichever space its node is placed in; the test reads it under the graph lock.
@@ -97,14 +80,14 @@ func produce(_ s: Space, into node: Node, count: UInt64, size: Int = 64, mayWait
 final class SpacedGraph: @unchecked Sendable {
     let space: Space
     let source: Node
-    let src: SettableSource
+    let src: StubSource
     let a: Node, b: Node
     let ca: SequenceChecker, cb: SequenceChecker
 
     init(spaces: Int, live: Bool = false, pause: UInt32 = 0) {
         space = Space(spaces: spaces, cpus: [])
-        src = SettableSource(live: live)
-        source = Node(id: space.allocateID(), name: "src", descriptor: settableSourceDescriptor, filter: src)
+        src = StubSource(live: live)
+        source = Node(id: space.allocateID(), name: "src", descriptor: stubSourceDescriptor, filter: src)
         ca = SequenceChecker(pauseMicroseconds: pause, lossy: live)
         cb = SequenceChecker(lossy: live, expectedClass: 7)
         a = handMadeNode(space, "a", ca)

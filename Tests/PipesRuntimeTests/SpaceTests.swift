@@ -320,18 +320,6 @@ struct SpaceTests {
 
 // MARK: backpressure with several producers, and parked writes
 
-/// A source that pushes nothing by itself: tests push for it. `isLive` decides its taps' policy.
-final class StubSource: SourceFilter {
-    let isLive: Bool
-    init(live: Bool) { isLive = live }
-    var finished: Bool { false }
-    var linkType: LinkType { .ethernet }
-    func attach(space: Space, node: Node) throws(FilterError) {}
-    func setDemand(_ d: Bool) {}
-    func process(_ block: inout Block) -> UInt32 { 1 }
-    func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool { true }
-}
-
 @Suite("Space backpressure")
 struct SpaceBackpressureTests {
     /// Pushes `count` blocks of `size` bytes filled with `tag` into `node`, one per batch, waiting like a source.

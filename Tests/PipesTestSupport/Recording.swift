@@ -78,3 +78,25 @@ public func filterError(_ body: () throws -> Void) -> FilterError? {
         return FilterError("not a FilterError: \(error)")
     }
 }
+
+// MARK: sources driven by tests
+
+/// A source that pushes nothing by itself: tests push for it. `live` decides whether what it feeds is lossy;
+/// `done` ends its stream (change both under the graph lock, then `refresh()`).
+public final class StubSource: SourceFilter, @unchecked Sendable {
+    public var live: Bool
+    public var done = false
+    public init(live: Bool) { self.live = live }
+    public var isLive: Bool { live }
+    public var finished: Bool { done }
+    public var linkType: LinkType { .ethernet }
+    public func attach(space: Space, node: Node) throws(FilterError) {}
+    public func setDemand(_ d: Bool) {}
+    public func process(_ block: inout Block) -> UInt32 { 1 }
+    public func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool { true }
+}
+
+/// The descriptor of stub sources (a source, so the runtime treats its node as one).
+public let stubSourceDescriptor = FilterDescriptor(name: "stub", summary: "", usage: "", structuralClass: .source) { _ throws(FilterError) in
+    StubSource(live: false)
+}
