@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import PipesControl
 import PipesFilters
 import PipesRuntime
@@ -246,5 +249,26 @@ struct RequestTransactionTests {
         #expect(frame.withUnsafeBytes { c.space.inject(j, bytes: $0) } == .done)
         let count = try #require(c.space.lock.withLock { c.space.nodes.values.first { $0.descriptor.name == "count" } })
         #expect(c.space.lock.withLock { (count.filter as! Count).packets } == 1)
+    }
+}
+
+@Suite("request transactions: permission")
+struct RequestPermissionTests {
+    @Test("a step refused for permission (exec for a user other than the daemon's) undoes the steps before it")
+    func permissionDenied() throws {
+        let me = geteuid()
+        let other: UInt32 = me == 4242 ? 4243 : 4242
+        let c = Controller()
+        defer { c.shutdown() }
+        let j = try c.makeDirectory(in: nil, named: "j=ethernet")
+        let before: [String] = c.space.lock.withLock { c.space.nodes.values.map(\.path).sorted() }
+        let plan = try RequestPlan("j | ip | tcp | count | exec cat", sources: ["j"])
+        do {
+            _ = try c.build(plan, sources: [plan.nodes.first { $0.name == "j" }!.id: j], uid: other, gid: other)
+            Issue.record("built as uid \(other)")
+        } catch {
+            #expect(error.errno == EPERM, "\(error.message)")
+        }
+        #expect(c.space.lock.withLock { c.space.nodes.values.map(\.path).sorted() } == before)
     }
 }
