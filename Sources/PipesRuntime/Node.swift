@@ -105,13 +105,14 @@ public final class Node: @unchecked Sendable {
 
     /// The execution space the node's filter runs in (§6.1). Changed only under the graph lock; read by the
     /// data path holding that space's lock.
-    public internal(set) unowned(unsafe) var home: ExecutionSpace = ExecutionSpace.unplaced {
-        didSet {
-            homeRef = Unmanaged.passUnretained(home)
-            pipes_store_release32(homeWord, UInt32(bitPattern: Int32(home.index)))
+    public internal(set) var home: ExecutionSpace {
+        get { homeRef.takeUnretainedValue() }
+        set {
+            homeRef = Unmanaged.passUnretained(newValue)
+            pipes_store_release32(homeWord, UInt32(bitPattern: Int32(newValue.index)))
         }
     }
-    /// `home` for hot paths (no reference counting).
+    /// The home, unretained (hot paths use it: no reference counting; `Space.spaces` keeps spaces alive).
     private(set) var homeRef = Unmanaged.passUnretained(ExecutionSpace.unplaced)
 
     /// Delivers `block` as the output of `inlet` (a filter's private node, e.g. pcapout's queue) in the execution

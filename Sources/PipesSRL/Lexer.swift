@@ -76,21 +76,16 @@ struct Lexer {
         guard let c = peekScalar() else { return Token(kind: .end, range: SourceRange(start, length: 1)) }
         if Lexer.isControl(c) { throw fail("unexpected control character \(Lexer.describe(c))", start) }
         switch c {
-        case "\n":
+        case "\n", ";", "(", ")", "!":
             advance()
-            return Token(kind: .newline, range: SourceRange(start, length: 1))
-        case ";":
-            advance()
-            return Token(kind: .semicolon, range: SourceRange(start, length: 1))
-        case "(":
-            advance()
-            return Token(kind: .open, range: SourceRange(start, length: 1))
-        case ")":
-            advance()
-            return Token(kind: .close, range: SourceRange(start, length: 1))
-        case "!":
-            advance()
-            return Token(kind: .bang, range: SourceRange(start, length: 1))
+            let kind: Token.Kind = switch c {
+            case "\n": .newline
+            case ";": .semicolon
+            case "(": .open
+            case ")": .close
+            default: .bang
+            }
+            return Token(kind: kind, range: SourceRange(start, length: 1))
         case "+":
             advance()
             if peekScalar() == "+" { advance(); return Token(kind: .union, range: SourceRange(start, length: 2)) }
