@@ -136,8 +136,10 @@ public final class ExecutionSpace: @unchecked Sendable {
         if kick && (!deferredFlushes.isEmpty || !deferredSignals.isEmpty) { flusher.request(flushWork) }
     }
 
-    /// Made once: a request with a new closure would allocate per batch.
-    private lazy var flushWork: @Sendable () -> Void = { [unowned self] in flushDeferred() }
+    /// Made once: a request with a new closure would allocate per batch. Weak: the worker's thread outlives the
+    /// request by up to a second and may run it after the space is gone (a graph torn down between the request and
+    /// the run); the strong reference taken for the run keeps the space alive through it.
+    private lazy var flushWork: @Sendable () -> Void = { [weak self] in self?.flushDeferred() }
 
     private func flushDeferred() {
         let delay = lock.withLock { deferredDelay }
