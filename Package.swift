@@ -27,7 +27,7 @@ let package = Package(
         // §5 the ring ABI: one C header for the runtime, the client library and the kernel module.
         .target(name: "PipesRingABI"),
         // The baselines `pipesfs bench ipc` measures against (a minimal SPSC ring, pipe loops), in C.
-        .target(name: "CIPCBaseline"),
+        .target(name: "CIPCBaseline", linkerSettings: [.linkedLibrary("pcap")]),
         // §5 buffering: rings, tap buffers, locks.
         .target(name: "PipesBuffering", dependencies: ["PipesRingABI"], swiftSettings: hotPath),
         // §6 processing: blocks, the filter protocol, graph, execution by function calls.

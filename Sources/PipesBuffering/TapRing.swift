@@ -87,6 +87,11 @@ public final class TapRing: @unchecked Sendable {
     public private(set) var bytesDelivered: UInt64 = 0
     /// Called (outside the ring lock) when the ring becomes readable, for poll notifications.
     private var readableNotifier: (@Sendable () -> Void)?
+    /// `copyOut` is copying outside the lock: bytes from `tail` on are being read (no other reader may move
+    /// `tail`), and a resize must not free the storage they are read from.
+    private var copying = false
+    /// Storage a resize replaced while `copying`; the copier frees it.
+    private var retired: UnsafeMutableRawPointer?
 
     public init(capacity requested: Int = 4 << 20, policy: OverflowPolicy, maxCapacity: Int = 64 << 20) {
         var c = 4096
@@ -100,7 +105,10 @@ public final class TapRing: @unchecked Sendable {
         highWater = c / 2
     }
 
-    deinit { storage.deallocate() }
+    deinit {
+        storage.deallocate()
+        retired?.deallocate()
+    }
 
     // MARK: producer side (called with the graph's space lock held)
 
@@ -234,17 +242,34 @@ public final class TapRing: @unchecked Sendable {
 
     /// Copies up to `max` queued bytes into `buffer` and moves past them, without waiting (the file writer's
     /// read: no closure, so nothing is allocated per call). Returns how many.
+    ///
+    /// The copy runs outside the ring lock, so the producer (which appends under it, with the space lock held)
+    /// never waits for a megabyte to be copied: only the indices are read and moved under the lock. The bytes
+    /// being copied lie between `tail` and `head`, where the producer never writes; a resize meanwhile (the
+    /// producer growing the ring) keeps the old storage until the copy ends (`retired`). One copier at a time:
+    /// a second one, or a locked read, finds nothing while a copy is running.
     public func copyOut(into buffer: UnsafeMutableRawPointer, max: Int) -> Int {
         lock.lock()
         let n = min(max, head - tail)
-        if n <= 0 { lock.unlock(); return 0 }
-        let drained = deliverLocked(max: n) { o in
-            if case .data(let a, let b) = o {
-                if let x = a.baseAddress { buffer.copyMemory(from: x, byteCount: a.count) }
-                if let y = b.baseAddress { (buffer + a.count).copyMemory(from: y, byteCount: b.count) }
-            }
+        if n <= 0 || copying { lock.unlock(); return 0 }
+        copying = true
+        let start = tail & mask, size = capacity, from = storage
+        lock.unlock()
+        let first = min(n, size - start)
+        buffer.copyMemory(from: from + start, byteCount: first)
+        if first < n { (buffer + first).copyMemory(from: from, byteCount: n - first) }
+        lock.lock()
+        copying = false
+        if let old = retired { old.deallocate(); retired = nil }
+        let wasCongested = head - tail >= highWater
+        tail &+= n
+        bytesDelivered &+= UInt64(n)
+        if head == tail && capacity > initialCapacity { resize(initialCapacity) }
+        var fire: [() -> Void] = []
+        if wasCongested && head - tail < highWater {
+            lock.broadcast()
+            fire = takeDrainWaitersLocked()
         }
-        let fire = drained ? takeDrainWaitersLocked() : []
         lock.unlock()
         for f in fire { f() }
         return n
@@ -301,6 +326,7 @@ public final class TapRing: @unchecked Sendable {
 
     /// Hands the reader up to `max` bytes. Returns true if that took the ring below its high-water mark.
     private func deliverLocked(max: Int, _ deliver: Delivery) -> Bool {
+        precondition(!copying, "TapRing: read and copyOut on the same ring (it has one reader)")
         let n = min(max, head - tail)
         let start = tail & mask
         let first = min(n, capacity - start)
@@ -346,7 +372,11 @@ public final class TapRing: @unchecked Sendable {
             (fresh + to).copyMemory(from: storage + from, byteCount: n)
             copied += n
         }
-        storage.deallocate()
+        if copying && retired == nil {
+            retired = storage  // the copy reads from it
+        } else {  // (a second resize within one copy: the storage it replaces is not the one being read)
+            storage.deallocate()
+        }
         storage = fresh
         capacity = newCapacity
         mask = newMask

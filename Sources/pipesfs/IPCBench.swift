@@ -51,6 +51,76 @@ struct IPCBench: ParsableCommand {
                   + ratio(read / pipe, 11) + ratio(read / spsc, 11) + ratio(peek / spsc, 11) + ratio(peek / read, 11))
             fflush(nil)
         }
+        if run.contains("read") && run.contains("peek") { try consumerOnly(blockSizes) }
+    }
+
+    /// The consumer's side alone: another thread fills the ring (on the other core, as the producer process
+    /// does), stops, and the consumer drains it, timed, with `read` (a copy of each record out) or `peekRun` (in
+    /// place); over and over until the case's bytes moved. Only the drains are timed, so no producer sets the
+    /// pace: two processes sharing a ring at a block per publication run at the producer's pace at small blocks,
+    /// whichever way the consumer reads, and this is where peek's saving shows. Best of `runs`.
+    func consumerOnly(_ blockSizes: [Int]) throws {
+        print("consumer alone (a ring of 2^\(ringLog2) bytes filled by another thread, then drained; only the drains timed):")
+        print("block    drain_read_MB/s  drain_peek_MB/s  peek/read")
+        for bs in blockSizes {
+            let total = (bs < 4096 ? megabytes * 1_000_000 / 8 : megabytes * 1_000_000) / bs * bs
+            var read = 0.0, peek = 0.0
+            for _ in 0..<max(1, runs) {
+                read = max(read, try drain(bs, total, peek: false))
+                peek = max(peek, try drain(bs, total, peek: true))
+            }
+            print(String(format6(bs, 8)) + col(read, 17) + col(peek, 17) + ratio(peek / read, 11))
+            fflush(nil)
+        }
+    }
+
+    func drain(_ bs: Int, _ total: Int, peek: Bool) throws -> Double {
+        let ring = try ringOrFail(DBuf(sizeLog2: ringLog2, policy: .block, maxReaders: 1))
+        guard let reader = ring.attach() else { throw ValidationError("no reader slot") }
+        // Records per fill: seven eighths of the ring, headers included.
+        let perFill = max(1, (1 << ringLog2) / 8 * 7 / Int(pipes_rec_span(UInt32(bs))))
+        let fills = max(1, total / (perFill * bs))
+        final class Turn: @unchecked Sendable { var filled = 0; var drained = 0 }
+        let turn = Turn()
+        let l = ConditionLock()
+        let filler = JoinableThread()
+        filler.start(name: "filler") {
+            let source = UnsafeMutableRawPointer.allocate(byteCount: bs, alignment: 64)
+            defer { source.deallocate() }
+            for k in 0..<bs { source.storeBytes(of: UInt8(truncatingIfNeeded: k &* 131 &+ 1), toByteOffset: k, as: UInt8.self) }
+            for f in 0..<fills {
+                l.withLock { _ = l.wait(until: { turn.drained == f }, timeoutNanoseconds: 10_000_000_000) }
+                for _ in 0..<perFill { ring.write(UnsafeRawBufferPointer(start: source, count: bs)) }
+                l.withLock { turn.filled = f + 1; l.broadcast() }
+            }
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 64)
+        defer { buffer.deallocate() }
+        var got = 0
+        var sum: UInt64 = 0
+        var timed: Int64 = 0
+        for f in 0..<fills {
+            let ok = l.withLock { l.wait(until: { turn.filled == f + 1 }, timeoutNanoseconds: 10_000_000_000) }
+            guard ok else { throw ValidationError("the filler thread stalled") }
+            let want = got + perFill * bs
+            let t0 = monotonicNanoseconds()
+            if peek {
+                while got < want, var run = reader.peekRun() {
+                    while let rec = run.next() {
+                        sum &+= UInt64(rec.bytes.load(as: UInt8.self))  // touch the block, as in the two-process case
+                        got += rec.bytes.count
+                    }
+                    reader.consume(run)
+                }
+            } else {
+                while got < want, let (k, _) = reader.read(into: buffer) { got += k }
+            }
+            timed += monotonicNanoseconds() - t0
+            l.withLock { turn.drained = f + 1; l.broadcast() }
+        }
+        _ = filler.join(timeoutNanoseconds: 10_000_000_000)
+        guard got == fills * perFill * bs else { throw ValidationError("drain moved \(got) of \(fills * perFill * bs) bytes (sum \(sum))") }
+        return rate(got, timed)
     }
 
     func col(_ v: Double, _ w: Int) -> String { format6(Int(v.rounded()), w) }

@@ -227,6 +227,49 @@ struct TapRingTests {
         #expect(readNow(ring, max: 4096)?.bytes == pattern(100))
     }
 
+    @Test("copyOut copies outside the lock while the producer appends, grows and wraps the ring: the stream arrives whole and in order")
+    func copyOutRacesGrowth() {
+        let ring = TapRing(capacity: 4096, policy: .block, maxCapacity: 1 << 20)
+        final class Result: @unchecked Sendable { var bytes: [UInt8] = []; var done = false }
+        let r = Result()
+        let l = ConditionLock()
+        let records = 20_000
+        func record(_ i: Int) -> [UInt8] { pattern(1 + (i &* 7919) % 1500, seed: i) }
+        startThread(name: "copier") {
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: 3000, alignment: 1)
+            defer { buffer.deallocate() }
+            var got: [UInt8] = []
+            while true {
+                let n = ring.copyOut(into: buffer, max: 1 + got.count % 3000)  // odd sizes: pieces end mid-record
+                if n > 0 {
+                    got += UnsafeRawBufferPointer(start: buffer, count: n)
+                } else if ring.isEnded && ring.available == 0 {
+                    break
+                } else {
+                    sched_yield()
+                }
+            }
+            l.withLock { r.bytes = got; r.done = true; l.broadcast() }
+        }
+        var expected: [UInt8] = []
+        var grownBefore = ring.grown
+        var grewWhileCopying = 0
+        for i in 0..<records {
+            let rec = record(i)
+            expected += rec
+            let res = rec.withUnsafeBytes { ring.append(header: nil, body: $0) }
+            #expect(res.contains(.stored), "record \(i) must be kept")
+            if ring.grown != grownBefore { grewWhileCopying += 1; grownBefore = ring.grown }
+        }
+        ring.endOfStream()
+        let finished = l.withLock { l.wait(until: { r.done }, timeoutNanoseconds: 30_000_000_000) }
+        #expect(finished)
+        #expect(r.bytes.count == expected.count)
+        #expect(r.bytes == expected)
+        #expect(ring.dropped == 0)
+        #expect(grewWhileCopying > 0, "the producer should have outrun the copier and grown the ring at least once")
+    }
+
     @Test("whenDrained runs once when a read takes the ring below high water, and refuses when not congested")
     func whenDrainedFiresOnce() {
         let ring = TapRing(capacity: 4096, policy: .block)

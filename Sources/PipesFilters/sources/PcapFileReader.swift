@@ -104,7 +104,7 @@ final class PcapFileReader {
         if reading || atEnd { return }
         reading = true
         readResult = nil
-        io.read(fd, buffers[1 - current] + Self.carryRoom, Self.chunk, at: nextRead, tag: 0)
+        io.read(fd, buffers[1 - current] + Self.carryRoom, Self.chunk, at: nextRead, tag: 0, async: true)
         io.submit()
     }
 
