@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "PipesRuntime", dependencies: ["PipesBuffering", "PipesRingABI"], swiftSettings: hotPath),
         .target(name: "PipesSRL"),
         // §6.1 the filter library, one file per filter.
-        .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "CPcap", "CURing"], swiftSettings: hotPath),
+        .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "PipesRingABI", "CPcap", "CURing"], swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.
         .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters", "PipesBuffering", "PipesSRL"]),
         // §4.1 the graph as a node tree (no FUSE types; unit-testable without a mount).

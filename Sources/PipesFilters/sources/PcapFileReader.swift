@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CPcap
+import PipesRingABI
 import PipesRuntime
 
 /// A fast reader for classic pcap files: the file is read in 1 MiB chunks into two buffers, the next chunk
@@ -138,6 +139,7 @@ final class PcapFileReader {
             let dest = buffers[next] + Self.carryRoom - keep
             if keep > 0 { dest.copyMemory(from: window + (offset - windowStart), byteCount: keep) }
             window = dest
+            prefetched = 0
             windowStart = offset
             windowLength = keep + r
             current = next
@@ -155,12 +157,31 @@ final class PcapFileReader {
         return swapped ? v.byteSwapped : v
     }
 
+    /// How far ahead of the record being read its lines are asked for. The chunk was written by a kernel worker
+    /// on another CPU (the read-ahead), so each record's first line is a miss that the walk, which learns where the
+    /// next record starts only from this one's header, would otherwise wait for in turn (perf: ~80% of the walk's
+    /// time on the first header load). Every line is asked for once, this far ahead.
+    private static let prefetchDistance = 4096
+    /// The window offset up to which lines have been asked for.
+    private var prefetched = 0
+
+    @inline(__always)
+    private func prefetchAhead() {
+        let end = min(offset - windowStart + Self.prefetchDistance, windowLength)
+        if prefetched < offset - windowStart { prefetched = offset - windowStart }
+        while prefetched < end {
+            pipes_prefetch_read(window + prefetched)
+            prefetched += 64
+        }
+    }
+
     /// Pushes up to `max` records into `node`. The space lock must be held. Returns how many and whether more
     /// follow. Stops early (status `.more`) when a lossless reader lags.
     func dispatch(space: Space, node: Unmanaged<Node>, max: Int, count: inout Int) -> Status {
         count = 0
         while count < max {
             guard let have = fill(16) else { starved = true; return .more }
+            prefetchAhead()
             if have == 0 { return readError != 0 ? .failed(readFailure) : .end }
             if have < 16 {
                 if readError != 0 { return .failed(readFailure) }
