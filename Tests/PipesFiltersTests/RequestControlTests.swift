@@ -205,7 +205,7 @@ struct ActivationTests {
         _ = try c.makeDirectory(in: g, named: "count")
         #expect(eventually(within: 10, pollingEvery: 1_000) { c.statsText(g).contains("running") || c.space.lock.withLock { g.stats.packetsOut > 0 } })
         let plan = try RequestPlan("g | count | count", sources: ["g"])
-        for run in 0..<40 {
+        for run in 0..<100 {
             try c.control(g, "start")
             let built = try c.build(plan, sources: [0: g])
             let (first, second) = (built.nodes[1]!, built.nodes[2]!)
