@@ -6,10 +6,15 @@ import PipesFilters
 import PipesRuntime
 import PipesSRL
 
-/// Building a request (§4.2, §7.1) out of the same operations as the filesystem: each filter becomes a directory
-/// below its first input (through a class directory when the arc has a selector), further inputs become
-/// symlinks. Each step is one atomic control operation; if one fails, the steps done so far are undone in
-/// reverse order, so the graph is left as it was.
+/// Building a request (§4.2, §7.1) in the paper's three phases, each complete for the whole request before the
+/// next: discovery (which execution spaces implement each filter), selection (push processing down: one space
+/// per node) and allocation, out of the same operations as the filesystem: each filter becomes a directory below
+/// its first input (through a class directory when the arc has a selector), further inputs become symlinks.
+/// Every edge into a new node is made dormant (it forwards nothing); once the whole path is in place it is
+/// activated from the sinks back towards the sources, the edges from the live graph last and together, so the
+/// new path starts at once: no filter of it sees a block its successors miss. Each step is one atomic control
+/// operation with an inverse; if one fails, the steps done so far are undone in reverse order, so the graph is
+/// left as it was.
 extension Controller {
     /// What building a request made, in order.
     public struct BuiltRequest: Sendable {
@@ -21,65 +26,27 @@ extension Controller {
         public var links: [(Node, String)]
         /// Every directory the request uses (made or shared), parents before children.
         public var used: [Node] = []
+        /// The edges made dormant, in creation order (each into a node the request made).
+        public var dormant: [(from: Node, to: Node)] = []
+        /// The edges activated so far, in activation order: sinks first, the edges from the live graph last.
+        public var activated: [(from: Node, to: Node)] = []
+        /// The plan as selected: each node's space and the reason (`RequestPlan.Node.placement`).
+        public var plan: RequestPlan?
     }
 
     /// Builds `plan`. `sources` gives the graph node of each source of the plan (made or found by the caller).
     /// Stateless prefixes already in the tree are shared: a filter of the same kind and arguments, or a class
-    /// directory with the same selector, below the same parent is used instead of a new one (§7.1). Refused with
-    /// ENOTSUP for joins (union, intersection, negation), which this version plans but does not build.
+    /// directory with the same selector, below the same parent (and in the space selection chose) is used instead
+    /// of a new one (§7.1).
     public func build(_ plan: RequestPlan, sources: [Int: Node], uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> BuiltRequest {
-        var built = BuiltRequest(nodes: sources, created: [], links: [], used: [])
         let op = "request '\(plan.text)'"
+        // Discovery and selection: nothing is allocated until every node has its space.
+        let selected: RequestPlan
+        do { selected = try select(plan, sources: sources) } catch { throw fail(op, error) }
+        var built = BuiltRequest(nodes: sources, created: [], links: [], used: [], plan: selected)
         do throws(ControlError) {
-            // Nodes in an order where every node's first input comes before it (the plan's arcs follow the text).
-            var placed = Set(sources.keys)
-            var progress = true
-            while progress {
-                progress = false
-                for n in plan.nodes where !placed.contains(n.id) {
-                    let ins = plan.arcs.filter { $0.to == n.id }
-                    // A difference hangs below its direct input, after the vetoing branch is in place: that
-                    // branch then comes first among the input's outputs, so its verdict arrives first.
-                    if ins.contains(where: { $0.veto && !placed.contains($0.from) }) { continue }
-                    guard let first = ins.first(where: { !$0.veto && placed.contains($0.from) }) else { continue }
-                    let d: FilterDescriptor
-                    var arguments = n.arguments
-                    switch n.role {
-                    case .filter(let f): d = f
-                    case .join("union"): d = Union.descriptor
-                    case .join("intersect"): d = Intersect.descriptor; arguments = "\(ins.count)"
-                    case .join(_): d = Difference.descriptor
-                    case .source: continue
-                    }
-                    let parent = try selectionDirectory(for: first, built: &built, uid: uid, gid: gid)
-                    // Shared only when it would get exactly the input the existing one has: its parent.
-                    let node = try shareOrMake(d, arguments: arguments, below: parent, mayShare: ins.count == 1,
-                                               built: &built, uid: uid, gid: gid)
-                    built.nodes[n.id] = node
-                    placed.insert(n.id)
-                    progress = true
-                }
-            }
-            if let missing = plan.nodes.first(where: { !placed.contains($0.id) }) {
-                throw fail(op, ControlError(EINVAL, "'\(missing.name)' is fed by nothing that starts at a source: a request starts at a source (rx, tx, pcapin FILE, gen SPEC)"))
-            }
-            // Every further input arc: a symlink from the input (or its class directory) to the node.
-            for n in plan.nodes {
-                let ins = plan.arcs.filter { $0.to == n.id }
-                guard let target = built.nodes[n.id], ins.count > 1 else { continue }
-                for a in ins {
-                    var dir = try selectionDirectory(for: a, built: &built, uid: uid, gid: gid)
-                    if a.veto {
-                        // What the negated branch passes goes through a `veto` filter, which marks it.
-                        dir = try shareOrMake(Veto.descriptor, arguments: "", below: dir, mayShare: true, built: &built, uid: uid, gid: gid)
-                    }
-                    if target.parent === dir { continue }  // the directory parent: the first input
-                    if (try withLock { () throws(ControlError) -> Bool in dir.links.contains { $0.target === target } }) { continue }
-                    let name = try freeName("to-\(target.name)", in: dir)
-                    try link(Controller.relativePath(from: dir.path, to: target.path), in: dir, named: name)
-                    built.links.append((dir, name))
-                }
-            }
+            try allocate(selected, &built, uid: uid, gid: gid, op: op)
+            try activate(&built, op: op)
         } catch {
             undo(built)
             throw error
@@ -87,8 +54,118 @@ extension Controller {
         return built
     }
 
-    /// Removes what `build` made, newest first (links, then directories that are still childless).
+    /// Discovery and selection (§7.1) of `plan` against this graph's spaces: every node's candidate spaces, then
+    /// one space per node, pushing processing down; prefix sharing is looked up in the live graph so that a shared
+    /// node keeps its space and its successors follow it. Returns the plan with each node's `placement`.
+    public func select(_ plan: RequestPlan, sources: [Int: Node]) throws(ControlError) -> RequestPlan {
+        var plan = plan
+        try withLock { () throws(ControlError) in
+            let sourceSpaces = sources.mapValues { $0.home.index }
+            let catalog = space.catalog
+            let candidates = try plan.discover(in: catalog, sourceSpaces: sourceSpaces)
+            // What each plan node maps onto in the live graph so far (its sources, then shared nodes).
+            var live = sources
+            let resolved = plan
+            try plan.select(in: catalog, candidates: candidates, sourceSpaces: sourceSpaces) { n, arc, want in
+                guard let from = live[arc.from] else { return nil }
+                let dir = arc.selector.isAny ? from : from.children.first { $0.isClassSelection && $0.selector == arc.selector }
+                guard let dir, let d = resolved.descriptor(of: n),
+                      let x = shareable(d, arguments: n.arguments, below: dir, inSpace: want) else { return nil }
+                live[n.id] = x
+                return (x.path, x.home.index)
+            }
+        }
+        return plan
+    }
+
+    /// Allocation: the nodes in an order where every node's first input comes before it (the plan's arcs follow
+    /// the text), each in its selected space, its edges dormant; then the symlinks of further inputs.
+    private func allocate(_ plan: RequestPlan, _ built: inout BuiltRequest, uid: UInt32, gid: UInt32, op: String) throws(ControlError) {
+        var placed = Set(built.nodes.keys)
+        var progress = true
+        while progress {
+            progress = false
+            for n in plan.nodes where !placed.contains(n.id) {
+                let ins = plan.arcs.filter { $0.to == n.id }
+                // A difference hangs below its direct input, after the vetoing branch is in place: that
+                // branch then comes first among the input's outputs, so its verdict arrives first.
+                if ins.contains(where: { $0.veto && !placed.contains($0.from) }) { continue }
+                guard let first = ins.first(where: { !$0.veto && placed.contains($0.from) }) else { continue }
+                guard let d = plan.descriptor(of: n) else { continue }
+                let arguments = n.role == .join("intersect") ? "\(ins.count)" : n.arguments
+                let parent = try selectionDirectory(for: first, built: &built, uid: uid, gid: gid)
+                // Shared only when it would get exactly the input the existing one has: its parent.
+                let node = try shareOrMake(d, arguments: arguments, below: parent, mayShare: ins.count == 1,
+                                           inSpace: n.placement?.space.index, built: &built, uid: uid, gid: gid)
+                built.nodes[n.id] = node
+                placed.insert(n.id)
+                progress = true
+            }
+        }
+        if let missing = plan.nodes.first(where: { !placed.contains($0.id) }) {
+            throw fail(op, ControlError(EINVAL, "'\(missing.name)' is fed by nothing that starts at a source: a request starts at a source (rx, tx, pcapin FILE, gen SPEC)"))
+        }
+        // Every further input arc: a symlink from the input (or its class directory) to the node.
+        for n in plan.nodes {
+            let ins = plan.arcs.filter { $0.to == n.id }
+            guard let target = built.nodes[n.id], ins.count > 1 else { continue }
+            for a in ins {
+                var dir = try selectionDirectory(for: a, built: &built, uid: uid, gid: gid)
+                if a.veto {
+                    // What the negated branch passes goes through a `veto` filter, which marks it.
+                    dir = try shareOrMake(Veto.descriptor, arguments: "", below: dir, mayShare: true, inSpace: nil,
+                                          built: &built, uid: uid, gid: gid)
+                }
+                if target.parent === dir { continue }  // the directory parent: the first input
+                if (try withLock { () throws(ControlError) -> Bool in dir.links.contains { $0.target === target } }) { continue }
+                let name = try freeName("to-\(target.name)", in: dir)
+                try step("link \(dir.path)/\(name) -> \(target.path)")
+                try link(Controller.relativePath(from: dir.path, to: target.path), in: dir, named: name, dormant: true)
+                built.links.append((dir, name))
+                built.dormant.append((dir, target))
+            }
+        }
+    }
+
+    /// Activation (§7.1): the dormant edges between new nodes from the sinks back towards the sources, one step
+    /// each (no block enters the new path yet, so their order is free of races), then the edges from the live
+    /// graph into the new path, in one step under the graph lock: the whole path starts with the same block.
+    private func activate(_ built: inout BuiltRequest, op: String) throws(ControlError) {
+        let made = Set(built.created.map(ObjectIdentifier.init))
+        let inner = built.dormant.filter { made.contains(ObjectIdentifier($0.from)) }
+        let frontier = built.dormant.filter { !made.contains(ObjectIdentifier($0.from)) }
+        for e in inner.reversed() {
+            try step("activate \(e.from.path) -> \(e.to.path)")
+            try withLock { () throws(ControlError) in
+                if e.to.removed { throw fail(op, ControlError(ENOENT, "'\(e.to.name)' was removed while the request was built")) }
+                space.activate(from: e.from, to: e.to)
+            }
+            built.activated.append(e)
+        }
+        if frontier.isEmpty { return }
+        try step("activate \(frontier.map { "\($0.from.path) -> \($0.to.path)" }.joined(separator: ", "))")
+        try withLock { () throws(ControlError) in
+            if let gone = frontier.first(where: { $0.from.removed || $0.to.removed }) {
+                throw fail(op, ControlError(ENOENT, "'\(gone.from.removed ? gone.from.name : gone.to.name)' was removed while the request was built"))
+            }
+            for e in frontier.reversed() { space.activate(from: e.from, to: e.to) }
+            space.refresh()
+        }
+        built.activated += frontier.reversed()
+    }
+
+    /// Consults `injectFault` before a step of a request's allocation (tests).
+    private func step(_ what: String) throws(ControlError) {
+        if let e = injectFault?(what) { throw fail("request step '\(what)'", e) }
+    }
+
+    /// Removes what `build` made, newest first: the activated edges go dormant again (the live graph's edges
+    /// first: no block enters the path from then on), then the links, then the directories that are still
+    /// childless.
     public func undo(_ built: BuiltRequest) {
+        space.lock.withLock {
+            for e in built.activated.reversed() where !e.from.removed && !e.to.removed { space.deactivate(from: e.from, to: e.to) }
+        }
         for (dir, name) in built.links.reversed() { try? unlink(in: dir, named: name) }
         for n in built.created.reversed() { try? removeDirectory(in: n.parent, named: n.name) }
     }
@@ -104,20 +181,20 @@ extension Controller {
             if !built.used.contains(where: { $0 === existing }) { built.used.append(existing) }
             return existing
         }
-        let dir = try makeDirectory(in: from, named: a.selector.text, uid: uid, gid: gid)
+        try step("mkdir \(from.path)/\(a.selector.text)")
+        let dir = try makeDirectory(in: from, named: a.selector.text, uid: uid, gid: gid, dormant: true)
         built.created.append(dir)
         built.used.append(dir)
+        built.dormant.append((from, dir))
         return dir
     }
 
-    /// A stateless filter of the same kind and arguments below `parent` is shared; otherwise a new one.
-    private func shareOrMake(_ d: FilterDescriptor, arguments: String, below parent: Node, mayShare: Bool,
+    /// A stateless filter of the same kind and arguments below `parent` (in space `inSpace`, if given) is shared;
+    /// otherwise a new one, in `inSpace` (default: its parent's), its edge from `parent` dormant.
+    private func shareOrMake(_ d: FilterDescriptor, arguments: String, below parent: Node, mayShare: Bool, inSpace: Int?,
                              built: inout BuiltRequest, uid: UInt32, gid: UInt32) throws(ControlError) -> Node {
         let shared: Node? = try withLock { () throws(ControlError) -> Node? in
-            guard mayShare, Controller.stateless.contains(d.name) else { return nil }
-            return parent.children.first {
-                $0.descriptor.name == d.name && !$0.isClassSelection && $0.filter.arguments == arguments && $0.linkParents.isEmpty
-            }
+            mayShare ? shareable(d, arguments: arguments, below: parent, inSpace: inSpace) : nil
         }
         if let shared {
             built.used.append(shared)
@@ -126,10 +203,23 @@ extension Controller {
         let plain = arguments.isEmpty ? d.name : "\(d.name)=\(arguments)"
         let base = plain.contains("/") || plain.utf8.count > 200 ? d.name : plain
         let name = try freeName(base, in: parent)
-        let node = try makeFilter(d, arguments: arguments, in: parent, named: name, uid: uid, gid: gid)
+        try step("mkdir \(parent.path)/\(name)")
+        let node = try makeFilter(d, arguments: arguments, in: parent, named: name, uid: uid, gid: gid, inSpace: inSpace, dormant: true)
         built.created.append(node)
         built.used.append(node)
+        built.dormant.append((parent, node))
         return node
+    }
+
+    /// A node below `parent` a request may share for `d` with `arguments` (§7.1, prefix sharing): stateless, the
+    /// same kind and arguments, fed by `parent` alone, live (not a request's dormant node), in space `inSpace` if
+    /// given. Lock held.
+    func shareable(_ d: FilterDescriptor, arguments: String, below parent: Node, inSpace: Int?) -> Node? {
+        guard Controller.stateless.contains(d.name) else { return nil }
+        return parent.children.first {
+            $0.descriptor.name == d.name && !$0.isClassSelection && $0.filter.arguments == arguments && $0.linkParents.isEmpty
+                && $0.dormantInputs.isEmpty && (inSpace == nil || $0.home.index == inSpace)
+        }
     }
 
     /// The symlink text in directory `dir` that leads to `target` (both paths from the root): `../tcp/union`.
@@ -213,14 +303,8 @@ extension Controller {
             }
             sources[n.id] = node
         }
+        // Each node is placed in the space selection chose (`--space=K` honoured) as it is made.
         let built = try build(plan, sources: sources, uid: uid, gid: gid)
-        for n in plan.nodes where n.space != 0 {
-            guard let node = built.nodes[n.id], built.created.contains(where: { $0 === node }) else { continue }
-            do { try control(node, "space \(n.space)") } catch {
-                undo(built)
-                throw error
-            }
-        }
         return requests.add(text, uid: uid, built)
     }
 

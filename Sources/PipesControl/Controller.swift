@@ -21,6 +21,9 @@ public final class Controller: @unchecked Sendable {
     /// Where the tree is mounted (for absolute symlink targets), e.g. `/pipes`.
     public var mountPoint: String
     private let library: [String: FilterDescriptor]
+    /// Tests: asked before each step of a request's allocation and activation (`mkdir /j/ip`, `link ...`,
+    /// `activate A -> B`); an error returned fails that step, as a refused operation would.
+    public var injectFault: (@Sendable (_ step: String) -> ControlError?)?
 
     /// Names every filter directory holds as files.
     public static let fileNames: Set<String> = ["all", "all.pcap", "stats", "ctl"]
@@ -176,9 +179,11 @@ public final class Controller: @unchecked Sendable {
         }
     }
 
-    /// `mkdir PARENT/NAME`: a filter on PARENT's output, a class selection, or (at the top) a junction.
+    /// `mkdir PARENT/NAME`: a filter on PARENT's output, a class selection, or (at the top) a junction. A
+    /// `dormant` edge from PARENT forwards nothing until activated (a request's new path, §7.1).
     @discardableResult
-    public func makeDirectory(in parent: Node?, named name: String, uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> Node {
+    public func makeDirectory(in parent: Node?, named name: String, uid: UInt32 = 0, gid: UInt32 = 0,
+                              dormant: Bool = false) throws(ControlError) -> Node {
         let op = "mkdir \(pathOf(parent, name))"
         try checkName(name, root: parent == nil, op: op)
         if (try withLock { () throws(ControlError) -> Bool in child(of: parent, named: name) != nil }) {
@@ -187,24 +192,33 @@ public final class Controller: @unchecked Sendable {
         // Instantiate without the lock: a filter may open files (pcapout), and a path inside this very mount
         // would need a FUSE worker that waits for the lock.
         let (d, filter, selector, isClass) = try instantiate(name, below: parent, op: op)
-        return try place(filter, d, selector: selector, isClass: isClass, in: parent, named: name, uid: uid, gid: gid, op: op)
+        return try place(filter, d, selector: selector, isClass: isClass, in: parent, named: name, uid: uid, gid: gid,
+                         home: nil, dormant: dormant, op: op)
     }
 
     /// `mkdir` with the filter given apart from the directory's name: the request language's way to make a filter
-    /// whose arguments a name cannot carry (a path with '/'). `arguments` go to the filter as after `=`.
+    /// whose arguments a name cannot carry (a path with '/'). `arguments` go to the filter as after `=`. It runs
+    /// in execution space `inSpace` (default: its parent's); a `dormant` edge from the parent forwards nothing
+    /// until activated.
     @discardableResult
     public func makeFilter(_ d: FilterDescriptor, arguments: String, in parent: Node, named name: String,
-                           uid: UInt32 = 0, gid: UInt32 = 0) throws(ControlError) -> Node {
+                           uid: UInt32 = 0, gid: UInt32 = 0, inSpace: Int? = nil, dormant: Bool = false) throws(ControlError) -> Node {
         let op = "mkdir \(pathOf(parent, name))"
         try checkName(name, root: false, op: op)
+        if let k = inSpace, !space.spaces.indices.contains(k) {
+            throw fail(op, ControlError(EINVAL, "no space \(k) (this mount has \(space.spaces.count): 0 to \(space.spaces.count - 1); see --spaces)"))
+        }
         let filter: any Filter
         do { filter = try d.make(arguments) } catch { throw fail(op, ControlError(error.errno, prefixed(d.name, error.message))) }
-        return try place(filter, d, selector: .any, isClass: false, in: parent, named: name, uid: uid, gid: gid, op: op)
+        return try place(filter, d, selector: .any, isClass: false, in: parent, named: name, uid: uid, gid: gid,
+                         home: inSpace.map { space.spaces[$0] }, dormant: dormant, op: op)
     }
 
-    /// Puts a made filter into the graph below `parent` (the lock taken here): checks, attach, bind, refresh.
+    /// Puts a made filter into the graph below `parent` (the lock taken here): checks, attach (in `home`, default
+    /// its parent's space), bind, refresh.
     private func place(_ filter: any Filter, _ d: FilterDescriptor, selector: ClassSelector, isClass: Bool, in parent: Node?,
-                       named name: String, uid: UInt32, gid: UInt32, op: String) throws(ControlError) -> Node {
+                       named name: String, uid: UInt32, gid: UInt32, home: ExecutionSpace?, dormant: Bool,
+                       op: String) throws(ControlError) -> Node {
         space.lock.lock()
         defer { space.lock.unlock() }
         if let p = parent, p.removed { filter.shutdown(); throw fail(op, ControlError(ENOENT, "parent was removed")) }
@@ -217,7 +231,12 @@ public final class Controller: @unchecked Sendable {
         }
         let node = Node(id: space.allocateID(), name: name, descriptor: d, filter: filter, selector: selector,
                         isClassSelection: isClass, uid: uid, gid: gid)
-        space.attach(node, under: parent)
+        space.attach(node, under: parent, home: parent == nil ? nil : home, dormant: dormant)
+        if let p = parent, node.home !== p.home, !space.spacesAcyclic() {
+            space.remove(node)  // undo
+            space.refresh()
+            throw fail(op, ControlError(EDEADLK, "'\(name)' in space \(node.home.index) below '\(p.name)' (space \(p.home.index)) would make execution spaces feed each other in a cycle"))
+        }
         do { try bindProducer(filter, to: node, op: op) } catch {
             space.remove(node)
             space.refresh()
@@ -370,9 +389,10 @@ public final class Controller: @unchecked Sendable {
         return old
     }
 
-    /// `ln -s TEXT DIR/NAME`: DIR becomes an additional parent of the target (fan-in).
+    /// `ln -s TEXT DIR/NAME`: DIR becomes an additional parent of the target (fan-in). A `dormant` edge forwards
+    /// nothing until activated (a request's new path, §7.1).
     @discardableResult
-    public func link(_ text: String, in dir: Node?, named name: String) throws(ControlError) -> UInt64 {
+    public func link(_ text: String, in dir: Node?, named name: String, dormant: Bool = false) throws(ControlError) -> UInt64 {
         let op = "symlink \(pathOf(dir, name)) -> \(text)"
         try checkName(name, root: dir == nil, op: op)
         return try withLock { () throws(ControlError) -> UInt64 in
@@ -387,7 +407,7 @@ public final class Controller: @unchecked Sendable {
             if dir.links.contains(where: { $0.target === target }) || target.parent === dir {
                 throw fail(op, ControlError(EEXIST, "'\(dir.name)' already feeds '\(target.name)'"))
             }
-            let id = space.addLink(in: dir, name: name, text: text, to: target)
+            let id = space.addLink(in: dir, name: name, text: text, to: target, dormant: dormant)
             if !space.spacesAcyclic() {
                 space.removeLink(in: dir, name: name)  // undo
                 throw fail(op, ControlError(EDEADLK, "'\(dir.name)' (space \(dir.home.index)) feeding '\(target.name)' (space \(target.home.index)) would make execution spaces feed each other in a cycle"))

@@ -9,6 +9,8 @@ public struct ClassSelector: Equatable, Sendable, CustomStringConvertible {
     public let text: String
 
     public static let any = ClassSelector(ranges: [], negated: true, text: "")
+    /// Accepts no class: the hot form of a dormant edge (built, not yet activated).
+    static let nothing = ClassSelector(ranges: [], negated: false, text: "(dormant)")
 
     init(ranges: [ClosedRange<UInt32>], negated: Bool, text: String) {
         self.ranges = ranges

@@ -17,6 +17,10 @@ public final class ExecutionSpace: @unchecked Sendable {
     public let index: Int
     /// The CPU the space's thread is pinned to, or nil (unpinned).
     public let cpu: Int32?
+    /// Where the space sits (§7.1): what the control plane's discovery offers and its selection compares.
+    public let kind: SpaceKind
+    /// `user0`, `kernel2`: its kind and index.
+    public var name: String { "\(kind)\(index)" }
     /// The data-path lock of the space's nodes.
     let lock = ConditionLock()
     /// The batch of the producer holding the lock (`defaultBatch` outside `begin`/`end`).
@@ -52,9 +56,10 @@ public final class ExecutionSpace: @unchecked Sendable {
     /// with a signal at most this late anyway).
     static let spinNanoseconds: Int64 = 50_000
 
-    init(index: Int, cpu: Int32?) {
+    init(index: Int, cpu: Int32?, kind: SpaceKind = .user) {
         self.index = index
         self.cpu = cpu
+        self.kind = kind
         currentRef = Unmanaged.passUnretained(defaultBatch)
     }
 

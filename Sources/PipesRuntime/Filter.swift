@@ -76,10 +76,14 @@ public struct FilterDescriptor: Sendable {
     public let classNames: [String: UInt32]
     /// True when class directories apply below it (its class value carries information: a port, a protocol).
     public let classifying: Bool
+    /// The kinds of execution space that implement it (discovery, §7.1): a filter written in Swift runs in any
+    /// user space; a kernel or device implementation would add its kind. Sources are bound to the space their
+    /// thread feeds, whatever this says.
+    public let implementations: Set<SpaceKind>
     public let make: @Sendable (String) throws(FilterError) -> any Filter
 
     public init(name: String, summary: String, usage: String, structuralClass: StructuralClass,
-                classNames: [String: UInt32] = [:], classifying: Bool = false,
+                classNames: [String: UInt32] = [:], classifying: Bool = false, implementations: Set<SpaceKind> = [.user],
                 make: @escaping @Sendable (String) throws(FilterError) -> any Filter) {
         self.name = name
         self.summary = summary
@@ -87,6 +91,7 @@ public struct FilterDescriptor: Sendable {
         self.structuralClass = structuralClass
         self.classNames = classNames
         self.classifying = classifying
+        self.implementations = implementations
         self.make = make
     }
 }

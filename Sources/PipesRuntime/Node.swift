@@ -78,6 +78,11 @@ public final class Node: @unchecked Sendable {
     public internal(set) var links: [(id: UInt64, name: String, text: String, target: Node)] = []
     /// Nodes with a symlink edge into this one (extra parents, fan-in).
     public internal(set) var linkParents: [Node] = []
+    /// Inputs whose edge into this node is dormant: in the graph (structure, channels) but forwarding nothing.
+    /// A request's new path is built with dormant edges and activated from its sinks back to its sources, the
+    /// edges from the live graph last, so the whole path starts at once (§7.1). The hot form of a dormant edge
+    /// accepts no class: it costs what any class check costs. Graph lock held.
+    public internal(set) var dormantInputs: Set<ObjectIdentifier> = []
     /// Counters, behind a pointer so the hot path updates them without exclusivity checks.
     let counters: UnsafeMutablePointer<NodeStats> = {
         let p = UnsafeMutablePointer<NodeStats>.allocate(capacity: 1)
@@ -213,7 +218,8 @@ public final class Node: @unchecked Sendable {
         freeHotEdges()
         let outs = outputs
         let buf = UnsafeMutableBufferPointer<HotEdge>.allocate(capacity: outs.count)
-        for (i, o) in outs.enumerated() {
+        for (i, var o) in outs.enumerated() {
+            if o.node.dormantInputs.contains(ObjectIdentifier(self)) { o.selector = .nothing }
             let rs: UnsafeMutablePointer<ClosedRange<UInt32>>?
             if o.selector.ranges.isEmpty {
                 rs = nil

@@ -113,6 +113,9 @@ extension Space {
 
     // MARK: placement
 
+    /// What the spaces are, for the control plane's discovery (§7.1).
+    public var catalog: SpaceCatalog { SpaceCatalog(spaces.map(\.kind)) }
+
     /// Runs `node` and the directory descendants that ran where it did in space `index` (a stage of a pipeline
     /// and what hangs below it). Refused with EINVAL for sources (their threads run space 0), an index out of
     /// range, and with EDEADLK when spaces would feed each other in a cycle (a lossless wait could then close on

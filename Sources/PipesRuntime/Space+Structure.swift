@@ -1,13 +1,15 @@
 /// Structural primitives the control plane composes into transactions. All require the space lock.
 /// They do no validation (names, cycles, arguments): that is the control plane's job.
 extension Space {
-    /// Makes `child` a directory child of `parent` (nil: top level) and registers it.
-    public func attach(_ child: Node, under parent: Node?) {
+    /// Makes `child` a directory child of `parent` (nil: top level) and registers it. It runs in `home` (default:
+    /// where its parent runs; top-level nodes, sources and junctions, in space 0). A `dormant` edge from the
+    /// parent forwards nothing until `activate`.
+    public func attach(_ child: Node, under parent: Node?, home: ExecutionSpace? = nil, dormant: Bool = false) {
         register(child)
         child.parent = parent
-        // A new filter runs where its parent runs; top-level nodes (sources, junctions) in space 0.
-        child.home = parent?.home ?? main
+        child.home = home ?? parent?.home ?? main
         if let p = parent {
+            if dormant { child.dormantInputs.insert(ObjectIdentifier(p)) }
             p.children.append(child)
             edgesChanged(p)
         } else {
@@ -18,6 +20,7 @@ extension Space {
     /// Cuts `child` from its directory parent (it stays registered).
     public func detach(_ child: Node) {
         if let p = child.parent {
+            child.dormantInputs.remove(ObjectIdentifier(p))
             p.children.removeAll { $0 === child }
             edgesChanged(p)
         } else {
@@ -42,10 +45,12 @@ extension Space {
 
     public func rename(_ node: Node, to name: String) { node.name = name }
 
-    /// Adds a symlink edge `dir → target` named `name` showing `text`.
+    /// Adds a symlink edge `dir → target` named `name` showing `text`; a `dormant` one forwards nothing until
+    /// `activate`.
     @discardableResult
-    public func addLink(in dir: Node, name: String, text: String, to target: Node) -> UInt64 {
+    public func addLink(in dir: Node, name: String, text: String, to target: Node, dormant: Bool = false) -> UInt64 {
         let id = allocateID()
+        if dormant { target.dormantInputs.insert(ObjectIdentifier(dir)) }
         dir.links.append((id, name, text, target))
         target.linkParents.append(dir)
         edgesChanged(dir)
@@ -58,6 +63,7 @@ extension Space {
         let target = dir.links[i].target
         dir.links.remove(at: i)
         if let j = target.linkParents.firstIndex(where: { $0 === dir }) { target.linkParents.remove(at: j) }
+        target.dormantInputs.remove(ObjectIdentifier(dir))
         edgesChanged(dir)
     }
 
@@ -73,4 +79,20 @@ extension Space {
         for t in node.taps { t.ring.endOfStream() }
         node.filter.shutdown()
     }
+
+    /// Opens the dormant edge `parent → child` (its directory parent or a symlink parent): blocks flow from the
+    /// next one on. One step of a request's activation; `deactivate` is its inverse.
+    public func activate(from parent: Node, to child: Node) {
+        guard child.dormantInputs.remove(ObjectIdentifier(parent)) != nil else { return }
+        parent.rebuildHotEdges()
+    }
+
+    /// Makes the edge `parent → child` dormant again (a request's activation undone).
+    public func deactivate(from parent: Node, to child: Node) {
+        guard child.inputs.contains(where: { $0 === parent }), child.dormantInputs.insert(ObjectIdentifier(parent)).inserted else { return }
+        parent.rebuildHotEdges()
+    }
+
+    /// True when the edge `parent → child` forwards nothing yet.
+    public func isDormant(from parent: Node, to child: Node) -> Bool { child.dormantInputs.contains(ObjectIdentifier(parent)) }
 }

@@ -55,10 +55,11 @@ public final class Space: @unchecked Sendable {
     public func reportError(_ message: String) { errorHandler?(message) }
 
     /// A graph run by `spaces` execution spaces; `cpus[i]` pins space i's thread (nil or a shorter list:
-    /// unpinned).
-    public init(spaces count: Int = 1, cpus: [Int32?] = []) {
+    /// unpinned). `kinds[i]` labels space i for the control plane's placement (default, and past the list: user);
+    /// a deeper label plans for a kernel or device space that, until one exists, runs as a thread like the rest.
+    public init(spaces count: Int = 1, cpus: [Int32?] = [], kinds: [SpaceKind] = []) {
         let n = max(1, count)
-        spaces = (0..<n).map { ExecutionSpace(index: $0, cpu: $0 < cpus.count ? cpus[$0] : nil) }
+        spaces = (0..<n).map { ExecutionSpace(index: $0, cpu: $0 < cpus.count ? cpus[$0] : nil, kind: $0 < kinds.count ? kinds[$0] : .user) }
         main = spaces[0]
         lock = GraphLock(spaces)
         for s in spaces { s.graph = self }
