@@ -30,9 +30,20 @@ struct Explain: ParsableCommand {
     @Argument(help: "The request, e.g. 'rx | ip | tcp | dport |80 count'.") var request: String
     @Option(name: .customLong("source-name"), help: "A source name the request may start from (besides rx and tx); repeatable.")
     var sourceNames: [String] = []
+    @Option(help: "Place for a mount of N execution spaces (pipesfs mount --spaces N); default: as many as the request's --space=K options name.")
+    var spaces: Int?
 
     func run() throws {
-        print(try resolvedPlan(request, sources: RequestPlan.defaultSources.union(sourceNames)).explanation, terminator: "")
+        var plan = try resolvedPlan(request, sources: RequestPlan.defaultSources.union(sourceNames))
+        if let n = spaces {
+            guard (1...64).contains(n) else { throw ValidationError("--spaces: 1 to 64") }
+            let catalog = SpaceCatalog.user(n)
+            do { try plan.select(in: catalog, candidates: try plan.discover(in: catalog)) } catch {
+                printError("pipesfs: \(error.message)")
+                throw ExitCode(2)
+            }
+        }
+        print(plan.explanation, terminator: "")
     }
 }
 
@@ -62,19 +73,16 @@ struct Exec: ParsableCommand {
                 let paused = spec.hasPrefix("pcap:") || spec.hasPrefix("gen:") ? ",paused" : ""
                 sources[n.id] = try c.addSource("s\(n.id)=\(spec)\(paused)")
             }
-            let built = try c.build(plan, sources: sources)
-            for n in plan.nodes where n.space != 0 {
-                if let node = built.nodes[n.id], !node.isSource { try c.control(node, "space \(n.space)") }
-            }
+            let built = try c.build(plan, sources: sources)  // each filter made in the space selection chose (§7.1)
             for s in sources.values where s.filter is PcapFileSource || s.filter is GeneratorSource { try c.control(s, "start") }
             // Until every source finished and every stream ended (what crosses between spaces included).
             let all = Array(built.nodes.values)
             while !c.space.lock.withLock({ all.allSatisfy { $0.ended } }) { usleep(1000) }
             let tails = plan.nodes.filter { n in !plan.arcs.contains { $0.from == n.id } }.compactMap { built.nodes[$0.id] }
+            c.shutdown()  // (first: it waits until the file sinks wrote what is queued, so the figures are final)
             let report: [String] = c.space.lock.withLock {
                 tails.map { n in "\(n.path): " + n.filter.statistics().map { "\($0.0)=\($0.1)" }.joined(separator: " ") }
             }
-            c.shutdown()
             if !quiet { for line in report { printError("pipesfs exec: \(line)") } }
             let errs = c.errors.text
             if !errs.isEmpty && errs.contains("shutdown:") { printError(errs); throw ExitCode(1) }

@@ -54,4 +54,12 @@ set -e
 [ "$rc" = 2 ] || fail "explain of a bad request exited $rc, want 2"
 [ "$(echo "$err" | sed -n 1p)" = "pipesfs: 1:24: unknown class name 'htp' in 'htp' (after dport)" ] || fail "explain said: $err"
 [ "$(echo "$err" | sed -n 3p)" = "                       ^~~" ] || fail "explain's caret is misplaced: $err"
+# Placement (§7.1): with --spaces N explain places for a mount of N spaces and gives the reason per node.
+out=$("$PIPESFS" explain --spaces 2 'rx | ip | tcp --space=1 | count')
+echo "$out" | grep -q "placed in user1: --space=1" || fail "explain --spaces 2: tcp not placed by its --space: $out"
+echo "$out" | grep -A1 "#3 count" | grep -q "placed in user1: .*same space as its input" || fail "explain --spaces 2: count did not follow its input: $out"
+set +e
+err=$("$PIPESFS" explain --spaces 1 'rx | tcp --space=1 | count' 2>&1 >/dev/null); rc=$?
+set -e
+[ "$rc" = 2 ] && echo "$err" | grep -q "no space 1" || fail "explain --spaces 1 with --space=1: status $rc, said: $err"
 ok "explain"
