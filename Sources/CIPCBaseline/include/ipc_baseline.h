@@ -19,8 +19,9 @@ size_t ipcb_spsc_consume(void *region, size_t ring_size, size_t block, size_t to
 long long ipcb_pipe_write(int fd, size_t block, size_t total);
 long long ipcb_pipe_read(int fd, size_t block);
 
-/* The floor under `pipesfs exec 'pcapin F | bpf E | pcapout O'` (filterfloor.c): a minimal single-threaded loop
- * (read, bpf_filter, writev) writing the matching records of `in` to `out`. Returns how many, or -1. */
-long long ipcb_filter_floor(const char *in, const char *out, const char *expression);
+/* The floor under `pipesfs exec 'pcapin F | bpf E | pcapout O'` (filterfloor.c): a minimal loop (read, bpf_filter,
+ * writev) writing the matching records of `in` to `out`, on one thread or (threads = 2) with a second thread
+ * reading ahead. Returns how many, or -1. */
+long long ipcb_filter_floor(const char *in, const char *out, const char *expression, int threads);
 
 #endif
