@@ -1,3 +1,5 @@
+import PipesBuffering
+
 /// A filter that needs the space it runs in once it has a place in the graph: `pcapout` queues its records
 /// for a writer thread through a tap ring of its own, and pushing them through the space is what makes a lagging
 /// writer hold up lossless producers (the same backpressure as a lagging reader of `all`).
@@ -14,4 +16,14 @@ public protocol SpaceBoundFilter: Filter {
 public protocol DrainingFilter: Filter {
     /// Waits until the queued work is done and the filter's files are closed. Returns false on timeout.
     func waitUntilStopped(timeoutNanoseconds: Int64) -> Bool
+}
+
+/// A filter that gathers what it hands on over a whole batch instead of appending block by block (`pcapout`: its
+/// records go to its file's queue a chunk at a time, so the queue's lock and its reader's cache lines are touched
+/// once per chunk, not once per record). It registers with the producer's batch the first time it stages
+/// something in it (`Node.stage(_:inSpaceOf:)`); the batch calls `publishStaged` as it ends, under the space lock,
+/// before the lock is released and before readers are woken, so nothing staged outlives the batch.
+public protocol BatchStaged: AnyObject {
+    /// Hands on what was staged: the ring it went to and how the append went (nil: nothing was staged).
+    func publishStaged() -> (TapRing, AppendResult)?
 }

@@ -86,10 +86,36 @@ public final class ExecutionSpace: @unchecked Sendable {
     @inline(__always)
     func settle() {
         currentRef._withUnsafeGuaranteedRef { b in
+            if !b.staged.isEmpty { publishStaged(b) }
             if !b.exports.isEmpty || !b.channels.isEmpty { deferFlush(b) }
         }
         currentRef = Unmanaged.passUnretained(defaultBatch)
     }
+
+    /// What staged filters gathered in batch `b` goes on now (lock held); readers to wake and lossless queues past
+    /// their mark join the batch as if the blocks had been appended one by one.
+    private func publishStaged(_ b: Batch) {
+        var i = 0
+        while i < b.staged.count {
+            if let (ring, r) = b.staged[i].publishStaged() { note(ring, r, in: b) }
+            i += 1
+        }
+        b.staged.removeAll(keepingCapacity: true)
+    }
+
+    @inline(__always)
+    private func note(_ ring: TapRing, _ r: AppendResult, in b: Batch) {
+        if r.contains(.becameReadable) { b.wake.append(ring) }
+        if r.contains(.congested) { b.congested.append(ring) }
+    }
+
+    /// Registers `s` with the current producer's batch (lock held): it publishes as the batch ends.
+    @inline(__always)
+    func stage(_ s: any BatchStaged) { currentRef._withUnsafeGuaranteedRef { $0.staged.append(s) } }
+
+    /// An append to `ring` made by a filter itself (lock held): readers to wake, backpressure, as in a tap's.
+    @inline(__always)
+    func note(_ ring: TapRing, _ r: AppendResult) { currentRef._withUnsafeGuaranteedRef { note(ring, r, in: $0) } }
 
     /// Lock held by the graph (every space's lock): runs `body` as this space's producer with `batch`.
     func asProducer<R>(_ batch: Batch, _ body: () -> R) -> R {
@@ -314,6 +340,7 @@ public final class ExecutionSpace: @unchecked Sendable {
     public func finishBatch(mayWait: Bool, stopRequested: () -> Bool = { false }) {
         let b = Batch()
         lock.withLock {
+            if !defaultBatch.staged.isEmpty { publishStaged(defaultBatch) }
             if !defaultBatch.exports.isEmpty || !defaultBatch.channels.isEmpty { flushExports(defaultBatch) }
             swap(&b.wake, &defaultBatch.wake)
             swap(&b.congested, &defaultBatch.congested)

@@ -126,6 +126,19 @@ public final class Node: @unchecked Sendable {
     public static func forward(_ inlet: Unmanaged<Node>, inSpaceOf owner: Unmanaged<Node>, _ c: UInt32, _ block: inout Block) {
         owner._withUnsafeGuaranteedRef { $0.homeRef }._withUnsafeGuaranteedRef { $0.forward(inlet, c, &block) }
     }
+    /// Registers `staged` with the batch of the producer running `owner`'s space (from inside `owner`'s filter,
+    /// that space's lock held): it publishes as the batch ends.
+    @inline(__always)
+    public static func stage(_ staged: any BatchStaged, inSpaceOf owner: Unmanaged<Node>) {
+        owner._withUnsafeGuaranteedRef { $0.homeRef }._withUnsafeGuaranteedRef { $0.stage(staged) }
+    }
+
+    /// Reports an append a filter made to `ring` itself to the batch of the producer running `owner`'s space:
+    /// readers to wake and lossless backpressure, as for a tap.
+    @inline(__always)
+    public static func note(_ ring: TapRing, _ result: AppendResult, inSpaceOf owner: Unmanaged<Node>) {
+        owner._withUnsafeGuaranteedRef { $0.homeRef }._withUnsafeGuaranteedRef { $0.note(ring, result) }
+    }
     /// `home.index`, readable without a lock (a producer finding which lock to take).
     private let homeWord: UnsafeMutablePointer<UInt32> = {
         let p = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)

@@ -10,8 +10,11 @@ public final class Batch: @unchecked Sendable {
     var exports: [ExportRing] = []
     /// Channels into other spaces written in this batch: their consumers are signalled at its end.
     var channels: [ChannelRing] = []
+    /// Filters holding blocks staged in this batch: they hand them on as it ends (`BatchStaged`).
+    var staged: [any BatchStaged] = []
 
     public init() {
+        staged.reserveCapacity(4)
         wake.reserveCapacity(64)
         congested.reserveCapacity(16)
         exports.reserveCapacity(8)

@@ -75,9 +75,13 @@ struct Exec: ParsableCommand {
             }
             let built = try c.build(plan, sources: sources)  // each filter made in the space selection chose (§7.1)
             for s in sources.values where s.filter is PcapFileSource || s.filter is GeneratorSource { try c.control(s, "start") }
-            // Until every source finished and every stream ended (what crosses between spaces included).
+            // Until every source finished and every stream ended (what crosses between spaces included). The
+            // sources first, through their own state: polling the space lock while they run would make each batch
+            // end wake this thread (the lock's unlock finds it waiting), a system call and a switch per poll.
             let all = Array(built.nodes.values)
-            while !c.space.lock.withLock({ all.allSatisfy { $0.ended } }) { usleep(1000) }
+            let feeding = sources.values.compactMap { $0.filter as? any SourceFilter }
+            while !feeding.allSatisfy({ $0.finished }) { usleep(1000) }
+            while !c.space.lock.withLock({ all.allSatisfy { $0.ended } }) { usleep(200) }
             let tails = plan.nodes.filter { n in !plan.arcs.contains { $0.from == n.id } }.compactMap { built.nodes[$0.id] }
             c.shutdown()  // (first: it waits until the file sinks wrote what is queued, so the figures are final)
             let report: [String] = c.space.lock.withLock {

@@ -150,6 +150,61 @@ struct PcapOutTests {
         #expect(inOrder, "every record, in order")
     }
 
+    @Test("below live capture: written + dropped = pushed, exactly, and the file holds the written records in order (staged and direct appends)")
+    func lossyBelowLive() throws {
+        let path = temporaryPath("live.pcap")
+        defer { unlink(path) }
+        let c = Controller()
+        let src = Node(id: c.space.allocateID(), name: "live", descriptor: stubSourceDescriptor, filter: StubSource(live: true))
+        c.space.lock.withLock {
+            c.space.attach(src, under: nil)
+            c.space.refresh()
+        }
+        let out = try c.makeDirectory(in: src, named: "pcapout=\(path)")
+        // Every third record is larger than the staging buffer (appended directly); the rest are staged. About
+        // 76 MB pushed as fast as possible, past the queue's 64 MiB: the writer may fall behind, and whatever it
+        // cannot take is dropped and counted, never waited for (live capture cannot wait).
+        let pushed = 3000
+        let batch = Batch()
+        var frame = [UInt8](repeating: 0x55, count: 70_000)
+        var total = 0
+        for i in 0..<pushed {
+            frame.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(i).littleEndian, as: UInt64.self) }
+            let size = i % 3 == 0 ? 70_000 : 3000
+            frame.withUnsafeBytes { raw in
+                var b = Block(bytes: UnsafeRawBufferPointer(rebasing: raw[0..<size]), linkType: .ethernet)
+                c.space.begin(batch)
+                c.space.push(src, &b)
+                total += 1
+                if i % 7 != 6 {  // most batches carry it three times: staged together
+                    c.space.push(src, &b)
+                    c.space.push(src, &b)
+                    total += 2
+                }
+                c.space.end()
+            }
+            c.space.finishBatch(batch, mayWait: false)
+        }
+        let stats = c.statsText(out)
+        func figure(_ name: String) -> Int { Int(stats.split(separator: "\n").first { $0.hasPrefix(name + ": ") }?.dropFirst(name.count + 2) ?? "") ?? -1 }
+        let written = figure("records_written"), dropped = figure("records_dropped")
+        #expect(written + dropped == total, "\(stats)")
+        let pcapout = try #require(out.filter as? PcapOut)
+        try c.removeDirectory(in: src, named: "pcapout=\(path)")
+        #expect(pcapout.waitUntilStopped(timeoutNanoseconds: 60_000_000_000))
+        c.shutdown()
+        let (r, records) = readRecords(path)
+        #expect(r.openError == nil && r.readError == nil)
+        #expect(records.count == written)
+        var last = -1, ordered = true
+        for rec in records {
+            let i = Int(UInt64(littleEndian: rec.bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }))
+            if i < last || rec.bytes.count != (i % 3 == 0 ? 70_000 : 3000) { ordered = false; break }
+            last = i
+        }
+        #expect(ordered, "records in push order, each whole")
+    }
+
     @Test("unmount waits until the queue is in the file")
     func unmountWaits() throws {
         let path = temporaryPath("unmount.pcap")
