@@ -139,7 +139,6 @@ final class PcapFileReader {
             let dest = buffers[next] + Self.carryRoom - keep
             if keep > 0 { dest.copyMemory(from: window + (offset - windowStart), byteCount: keep) }
             window = dest
-            prefetched = 0
             windowStart = offset
             windowLength = keep + r
             current = next
@@ -157,22 +156,17 @@ final class PcapFileReader {
         return swapped ? v.byteSwapped : v
     }
 
-    /// How far ahead of the record being read its lines are asked for. The chunk was written by a kernel worker
-    /// on another CPU (the read-ahead), so each record's first line is a miss that the walk, which learns where the
-    /// next record starts only from this one's header, would otherwise wait for in turn (perf: ~80% of the walk's
-    /// time on the first header load). Every line is asked for once, this far ahead.
+    /// How far ahead of the record being read a line is asked for, once per record. The chunk was written by a
+    /// kernel worker on another CPU (the read-ahead), so each record's first line is a miss that the walk, which
+    /// learns where the next record starts only from this one's header, would otherwise wait for in turn (perf:
+    /// ~80% of the walk's time on the first header load). One hint per record, a few records ahead, starts the
+    /// transfers early and sets the hardware prefetcher going; a hint for every line cost more than it saved.
     private static let prefetchDistance = 4096
-    /// The window offset up to which lines have been asked for.
-    private var prefetched = 0
 
     @inline(__always)
     private func prefetchAhead() {
-        let end = min(offset - windowStart + Self.prefetchDistance, windowLength)
-        if prefetched < offset - windowStart { prefetched = offset - windowStart }
-        while prefetched < end {
-            pipes_prefetch_read(window + prefetched)
-            prefetched += 64
-        }
+        let at = offset - windowStart + Self.prefetchDistance
+        if at < windowLength { pipes_prefetch_read(window + at) }
     }
 
     /// Pushes up to `max` records into `node`. The space lock must be held. Returns how many and whether more
