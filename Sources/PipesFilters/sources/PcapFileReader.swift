@@ -204,7 +204,9 @@ final class PcapFileReader {
             offset += 16 + Int(caplen)
             count += 1
             space.push(node, &b)
-            if space.needsDrain { return .more }
+            // A lossless reader that lags ends the batch; asked every 8 records (a call into the runtime per record
+            // cost ~3% of the walk): the batch overshoots the reader's mark by at most 7 records.
+            if count & 7 == 0 && space.needsDrain { return .more }
         }
         return .more
     }
