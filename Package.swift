@@ -28,13 +28,15 @@ let package = Package(
         .target(name: "PipesRingABI"),
         // The baselines `pipesfs bench ipc` measures against (a minimal SPSC ring, pipe loops), in C.
         .target(name: "CIPCBaseline", linkerSettings: [.linkedLibrary("pcap")]),
+        // Classic BPF run by a threaded interpreter (libpcap's semantics; bpf_filter stays the fallback).
+        .target(name: "CPipesBPF"),
         // §5 buffering: rings, tap buffers, locks.
         .target(name: "PipesBuffering", dependencies: ["PipesRingABI"], swiftSettings: hotPath),
         // §6 processing: blocks, the filter protocol, graph, execution by function calls.
         .target(name: "PipesRuntime", dependencies: ["PipesBuffering", "PipesRingABI"], swiftSettings: hotPath),
         .target(name: "PipesSRL"),
         // §6.1 the filter library, one file per filter.
-        .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "PipesRingABI", "CPcap", "CURing"], swiftSettings: hotPath),
+        .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "PipesRingABI", "CPcap", "CPipesBPF", "CURing"], swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.
         .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters", "PipesBuffering", "PipesSRL"]),
         // §4.1 the graph as a node tree (no FUSE types; unit-testable without a mount).
