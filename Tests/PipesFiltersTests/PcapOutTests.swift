@@ -68,6 +68,26 @@ struct PcapOutTests {
         #expect(records.allSatisfy { $0.bytes == raw })
     }
 
+    @Test("an existing file is emptied: after sync it holds the header and the new records only")
+    func replacesExistingFile() throws {
+        let path = temporaryPath("existing.pcap")
+        defer { unlink(path) }
+        let old = [UInt8](repeating: 0xEE, count: 3 << 20)  // 3 MB of something else
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        #expect(old.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == old.count)
+        close(fd)
+        let f = try make("pcapout", path)
+        try f.attach(streamLinkType: .ethernet)
+        _ = feed(f, [([1, 2, 3, 4], .ethernet, 1, 0, nil), ([5, 6], .ethernet, 2, 0, nil)])
+        if case .failure(let e)? = f.control("sync", "") { Issue.record("sync: \(e.message)") }
+        var st = stat()
+        #expect(stat(path, &st) == 0 && Int(st.st_size) == 24 + 16 + 4 + 16 + 2, "size \(st.st_size)")
+        let (r, records) = readRecords(path)
+        #expect(r.openError == nil && r.readError == nil)
+        #expect(records.map(\.bytes) == [[1, 2, 3, 4], [5, 6]])
+        f.shutdown()
+    }
+
     @Test("the class travels through")
     func classPassThrough() throws {
         let (f, path) = try pcapout("class.pcap")

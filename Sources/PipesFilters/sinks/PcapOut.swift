@@ -5,7 +5,8 @@ import PipesBuffering
 import PipesRuntime
 
 /// `pcapout=PATH`: appends the stream to a classic pcap file (microsecond timestamps); forwards everything.
-/// The file is created (truncated) when the filter is created; its header carries the stream's link type.
+/// The file is created when the filter is created and emptied by the writer thread before its first write (a
+/// `sync` returns once that happened); its header carries the stream's link type.
 ///
 /// No file I/O under the space lock: `process` only queues the record (header and bytes) for the sink's queue, a
 /// `TapRing`, and `FileWriter`'s thread writes the queue out in writes of up to 1 MiB through io_uring (`pwrite`
@@ -47,7 +48,7 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter, BatchStaged {
     init(_ path: String) throws(FilterError) {
         guard !path.isEmpty else { throw FilterError("pcapout: needs a file path, as in pcapout=/tmp/out.pcap") }
         self.path = path
-        sink = WriterSink(fd: try PcapOut.open(path), path: path)
+        sink = WriterSink(fd: try PcapOut.open(path), path: path, truncate: true)
         FileWriter.shared.register(sink)
     }
 
@@ -77,11 +78,8 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter, BatchStaged {
         }
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)
-        guard ftruncate(fd, 0) == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw FilterError("pcapout: cannot create '\(path)': \(String(cString: strerror(e)))", errno: e)
-        }
+        // Emptied by the writer thread before its first write (`WriterSink.truncatePending`): not here, where
+        // freeing a large file's blocks would delay the filter's creation.
         return fd
     }
 
