@@ -14,19 +14,6 @@ import Testing
 /// seqlock race (see `DBufDropLoadTests`), and the gigabyte test is scaled down.
 private let underTSan = getenv("PIPESFS_TSAN") != nil
 
-/// A small deterministic generator (SplitMix64).
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-}
 
 /// Record `i` of a test stream: its length (8 to `maxLength` bytes) and its bytes (`i`, then bytes made of `i`).
 func streamLength(_ i: UInt64, maxLength: Int) -> Int { 8 + Int(((i &* 2_654_435_761) >> 7) % UInt64(maxLength - 7)) }
