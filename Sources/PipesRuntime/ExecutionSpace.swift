@@ -86,18 +86,21 @@ public final class ExecutionSpace: @unchecked Sendable {
     @inline(__always)
     func settle() {
         currentRef._withUnsafeGuaranteedRef { b in
-            if !b.staged.isEmpty { publishStaged(b) }
+            if !b.staged.isEmpty { publishStaged(b, notes: b) }
+            // What pushes made with the plain lock staged (their batch is the default one, published by the plain
+            // `finishBatch`, which such a caller may not have called yet): it goes on with this batch.
+            if !defaultBatch.staged.isEmpty && b !== defaultBatch { publishStaged(defaultBatch, notes: b) }
             if !b.exports.isEmpty || !b.channels.isEmpty { deferFlush(b) }
         }
         currentRef = Unmanaged.passUnretained(defaultBatch)
     }
 
     /// What staged filters gathered in batch `b` goes on now (lock held); readers to wake and lossless queues past
-    /// their mark join the batch as if the blocks had been appended one by one.
-    private func publishStaged(_ b: Batch) {
+    /// their mark join batch `notes` as if the blocks had been appended one by one.
+    private func publishStaged(_ b: Batch, notes: Batch) {
         var i = 0
         while i < b.staged.count {
-            if let (ring, r) = b.staged[i].publishStaged() { note(ring, r, in: b) }
+            if let (ring, r) = b.staged[i].publishStaged() { note(ring, r, in: notes) }
             i += 1
         }
         b.staged.removeAll(keepingCapacity: true)
@@ -340,7 +343,7 @@ public final class ExecutionSpace: @unchecked Sendable {
     public func finishBatch(mayWait: Bool, stopRequested: () -> Bool = { false }) {
         let b = Batch()
         lock.withLock {
-            if !defaultBatch.staged.isEmpty { publishStaged(defaultBatch) }
+            if !defaultBatch.staged.isEmpty { publishStaged(defaultBatch, notes: defaultBatch) }
             if !defaultBatch.exports.isEmpty || !defaultBatch.channels.isEmpty { flushExports(defaultBatch) }
             swap(&b.wake, &defaultBatch.wake)
             swap(&b.congested, &defaultBatch.congested)

@@ -225,6 +225,33 @@ struct PcapOutTests {
         #expect(ordered, "records in push order, each whole")
     }
 
+    @Test("records staged by a push made with the plain lock go on with the next producer's batch")
+    func plainLockPushThenBatch() throws {
+        let path = temporaryPath("plain.pcap")
+        defer { unlink(path) }
+        let c = Controller()
+        defer { c.shutdown() }
+        let src = Node(id: c.space.allocateID(), name: "s", descriptor: stubSourceDescriptor, filter: StubSource(live: false))
+        c.space.lock.withLock {
+            c.space.attach(src, under: nil)
+            c.space.refresh()
+        }
+        let out = try c.makeDirectory(in: src, named: "pcapout=\(path)")
+        let frame = [UInt8](repeating: 7, count: 100)
+        frame.withUnsafeBytes { raw in
+            var a = Block(bytes: raw, linkType: .ethernet)
+            c.space.lock.withLock { c.space.push(src, &a) }  // no finishBatch: staged in the default batch
+            let batch = Batch()
+            var b = Block(bytes: raw, linkType: .ethernet)
+            c.space.begin(batch)
+            c.space.push(src, &b)
+            c.space.end()
+            c.space.finishBatch(batch, mayWait: false)
+        }
+        let stats = c.statsText(out)
+        #expect(stats.contains("records_written: 2"), "both records left staging when the batch ended: \(stats)")
+    }
+
     @Test("unmount waits until the queue is in the file")
     func unmountWaits() throws {
         let path = temporaryPath("unmount.pcap")

@@ -57,9 +57,9 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter, BatchStaged {
         staging.deallocate()
     }
 
-    /// Opens (creates, truncates) a regular file. Anything that can make a write wait indefinitely is refused up
-    /// front: FIFOs, devices and sockets (opened non-blocking, so a FIFO without a reader does not wait either),
-    /// and files inside a PipesFS mount this process serves.
+    /// Opens (creates) a regular file; the writer thread empties it. Anything that can make a write wait
+    /// indefinitely is refused up front: FIFOs, devices and sockets (opened non-blocking, so a FIFO without a reader
+    /// does not wait either), and files inside a PipesFS mount this process serves.
     static func open(_ path: String) throws(FilterError) -> Int32 {
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0o644)
         if fd < 0 {
