@@ -55,7 +55,9 @@ struct Exec: ParsableCommand {
         discussion: """
         Example: pipesfs exec 'pcapin in.pcap | bpf "tcp dst port 80" | pcapout out.pcap'. Relative file names are \
         relative to the current directory. At the end the statistics of the last filters are printed on standard \
-        error. Exit status 2 when the request is refused, 1 when it cannot run (a file that cannot be read).
+        error, with what went wrong (a damaged capture: the records before the damage are processed, as tcpdump \
+        does). Exit status 2 when the request is refused, 1 when it cannot run or something went wrong (a file \
+        that cannot be read, a damaged capture, a failed write).
         """)
 
     @Argument(help: "The request, e.g. 'pcapin in.pcap | ip | tcp | dport |80 pcapout out.pcap'.") var request: String
@@ -88,8 +90,16 @@ struct Exec: ParsableCommand {
                 tails.map { n in "\(n.path): " + n.filter.statistics().map { "\($0.0)=\($0.1)" }.joined(separator: " ") }
             }
             if !quiet { for line in report { printError("pipesfs exec: \(line)") } }
-            let errs = c.errors.text
-            if !errs.isEmpty && errs.contains("shutdown:") { printError(errs); throw ExitCode(1) }
+            // What went wrong on the way (a damaged capture, a failed write, a shutdown that timed out) is printed
+            // whatever --quiet says, and makes the exit status 1, as tcpdump's is on a truncated file; notes (a
+            // fallback from io_uring) are printed only.
+            var failed = false
+            for line in c.errors.text.split(separator: "\n") {
+                let message = line.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? String(line)
+                printError("pipesfs exec: \(message)")
+                if !message.contains("io_uring unavailable") { failed = true }
+            }
+            if failed { throw ExitCode(1) }
         } catch let e as ControlError {
             c.shutdown()
             printError("pipesfs exec: \(e.message) (\(errnoName(e.errno)))")

@@ -42,19 +42,27 @@ n=$(tcpdump -nr "$CAP" udp 2>/dev/null | wc -l)
 echo "$err" | grep -q "count_packets=$n " || fail "exec count: '$err', tcpdump counts $n"
 ok "exec count == tcpdump -c ($n)"
 
-# The corpus, malformed captures included.
+# The corpus, malformed captures included. A damaged capture makes both tools say so and exit 1 after writing
+# what came before the damage: those outputs are compared too.
 i=0; compared=0
 for f in "$CORPUS"/*.pcap*; do
     i=$((i + 1))
-    rm -f "$WORK/c.pcap"
-    if ! timeout 30 "$PIPESFS" exec --quiet "pcapin $f | bpf \"tcp or udp\" | pcapout $WORK/c.pcap" 2>"$WORK/c.err"; then
-        rc=$?
-        [ "$rc" = 1 ] || { cat "$WORK/c.err"; fail "exec on $(basename "$f") exited $rc (a crash or a hang?)"; }
-        grep -q "pipesfs exec:" "$WORK/c.err" || fail "exec on $(basename "$f") failed without a message"
+    rm -f "$WORK/c.pcap" "$WORK/cref.pcap"
+    set +e
+    timeout 30 "$PIPESFS" exec --quiet "pcapin $f | bpf \"tcp or udp\" | pcapout $WORK/c.pcap" 2>"$WORK/c.err"; rc=$?
+    tcpdump -r "$f" -w "$WORK/cref.pcap" "tcp or udp" 2>/dev/null; trc=$?
+    set -e
+    case "$rc" in
+        0) ;;
+        1) grep -q "pipesfs exec:" "$WORK/c.err" || fail "exec on $(basename "$f") failed without a message" ;;
+        *) cat "$WORK/c.err"; fail "exec on $(basename "$f") exited $rc (a crash or a hang?)" ;;
+    esac
+    if [ "$rc" = 1 ] && { [ "$trc" = 0 ] || [ ! -f "$WORK/c.pcap" ]; }; then
         echo "refused $(basename "$f"): $(head -c 200 "$WORK/c.err")"
         continue
     fi
-    if tcpdump -r "$f" -w "$WORK/cref.pcap" "tcp or udp" 2>/dev/null; then
+    [ "$rc" = 0 ] && [ "$trc" != 0 ] && fail "exec on $(basename "$f") succeeded where tcpdump failed ($trc)"
+    if [ -s "$WORK/cref.pcap" ]; then
         if ! cmp -s <(dump "$WORK/cref.pcap") <(dump "$WORK/c.pcap"); then
             # timestamp_invalid_nano.pcap has fractions of a second >= 1 s: pipesfs carries them into the seconds,
             # tcpdump copies them as they are. The packets must still be the same, byte for byte.
@@ -64,10 +72,23 @@ for f in "$CORPUS"/*.pcap*; do
             echo "$(basename "$f"): same packets; invalid timestamps normalized"
         fi
         compared=$((compared + 1))
+        [ "$rc" = 1 ] && echo "$(basename "$f"): damaged; both wrote the same records before the damage"
     fi
 done
 [ "$compared" -ge 10 ] || fail "only $compared corpus captures compared"
 ok "corpus: $i captures run, $compared equal to tcpdump"
+
+# A capture cut short: the records before the damage are written, as tcpdump writes them, the damage is reported
+# on standard error (with --quiet too) and the exit status is 1, as tcpdump's.
+head -c 300000 "$CAP" > "$WORK/cut.pcap"
+set +e
+err=$("$PIPESFS" exec --quiet "pcapin $WORK/cut.pcap | bpf \"tcp dst port 80\" | pcapout $WORK/cut-out.pcap" 2>&1); rc=$?
+tcpdump -r "$WORK/cut.pcap" -w "$WORK/cut-ref.pcap" "tcp dst port 80" 2>/dev/null
+set -e
+[ "$rc" = 1 ] || fail "exec on a cut capture exited $rc: $err"
+echo "$err" | grep -q "is damaged after [0-9]* packets: truncated dump file" || fail "exec on a cut capture said: $err"
+cmp -s <(dump "$WORK/cut-ref.pcap") <(dump "$WORK/cut-out.pcap") || fail "exec on a cut capture wrote other records than tcpdump"
+ok "a cut capture: the records before the damage, the damage reported, status 1"
 
 # Refusals.
 set +e
