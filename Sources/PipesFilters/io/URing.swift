@@ -44,15 +44,15 @@ final class URing {
         prepare(write: true, fd, buffer, count, offset, tag)
     }
 
-    /// Queues a read of up to `count` bytes at `offset` (io_uring_prep_read). `async`: the kernel does it on one
-    /// of its worker threads (IOSQE_ASYNC) even when the data is cached, so that the copy out of the page cache
-    /// runs on another CPU while this thread works on what it read before (read-ahead); without it a cached read
-    /// is copied inline, in `submit`.
-    func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, at offset: Int, tag: UInt64, async: Bool = false) {
-        prepare(write: false, fd, buffer, count, offset, tag, async: async)
+    /// Queues a read of up to `count` bytes at `offset` (io_uring_prep_read). A read of cached data is copied
+    /// inline, in `submit`. (Making it async, IOSQE_ASYNC, so that a kernel worker on the other CPU does the copy,
+    /// was measured and dropped: the lines then reach this thread from the other CPU, which cost as much again,
+    /// and more CPU in all: `pipesfs exec` 94-102 ms inline against 104-113 ms async.)
+    func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, at offset: Int, tag: UInt64) {
+        prepare(write: false, fd, buffer, count, offset, tag)
     }
 
-    private func prepare(write: Bool, _ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, _ tag: UInt64, async: Bool = false) {
+    private func prepare(write: Bool, _ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, _ tag: UInt64) {
         precondition(hasRoom, "URing: more operations than entries")
         prepared += 1
         guard fallbackReason == nil else {
@@ -69,7 +69,6 @@ final class URing {
             io_uring_prep_write(sqe, fd, buffer, UInt32(count), UInt64(offset))
         } else {
             io_uring_prep_read(sqe, fd, buffer, UInt32(count), UInt64(offset))
-            if async { io_uring_sqe_set_flags(sqe, UInt32(1) << UInt32(IOSQE_ASYNC_BIT)) }
         }
         sqe.pointee.user_data = tag
     }

@@ -105,7 +105,7 @@ final class PcapFileReader {
         if reading || atEnd { return }
         reading = true
         readResult = nil
-        io.read(fd, buffers[1 - current] + Self.carryRoom, Self.chunk, at: nextRead, tag: 0, async: true)
+        io.read(fd, buffers[1 - current] + Self.carryRoom, Self.chunk, at: nextRead, tag: 0, )
         io.submit()
     }
 
@@ -156,11 +156,11 @@ final class PcapFileReader {
         return swapped ? v.byteSwapped : v
     }
 
-    /// How far ahead of the record being read a line is asked for, once per record. The chunk was written by a
-    /// kernel worker on another CPU (the read-ahead), so each record's first line is a miss that the walk, which
-    /// learns where the next record starts only from this one's header, would otherwise wait for in turn (perf:
-    /// ~80% of the walk's time on the first header load). One hint per record, a few records ahead, starts the
+    /// How far ahead of the record being read a line is asked for, once per record. The walk learns where the next
+    /// record starts only from this one's header, so each record's first line that is not in a near cache (the
+    /// chunk is 1 MiB) is a miss it would wait for in turn. One hint per record, a few records ahead, starts those
     /// transfers early and sets the hardware prefetcher going; a hint for every line cost more than it saved.
+    /// (`pipesfs exec` on a 308 MB capture: 99-107 ms with it, 110-115 ms without; hyperfine, 40 runs each.)
     private static let prefetchDistance = 4096
 
     @inline(__always)
