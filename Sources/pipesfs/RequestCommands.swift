@@ -66,6 +66,7 @@ struct Exec: ParsableCommand {
 
     func run() throws {
         let plan = try resolvedPlan(request, sources: [])
+        if spaces == 1, getenv("PIPESFS_EXEC_GRAPH") == nil, let batch = BatchRequest(plan), try batch.run(quiet: quiet) { return }
         let c = Controller(space: Space(spaces: max(1, min(64, spaces)), cpus: []))
         do {
             var sources: [Int: Node] = [:]
@@ -105,6 +106,82 @@ struct Exec: ParsableCommand {
             printError("pipesfs exec: \(e.message) (\(errnoName(e.errno)))")
             throw ExitCode(1)
         }
+    }
+}
+
+/// `pcapin FILE | stateless filters | pcapout OUT`, with no class selector and no placement: the shape
+/// `CaptureBatch` runs without the graph (§7.1: another implementation of the same request). Anything else, and
+/// this too with `PIPESFS_EXEC_GRAPH=1` (tests compare the two), goes through the graph.
+struct BatchRequest {
+    let input: String
+    let filters: [(descriptor: FilterDescriptor, arguments: String)]
+    let output: String
+    let sourceID: Int
+
+    init?(_ plan: RequestPlan) {
+        let sources = plan.nodes.filter { if case .source = $0.role { true } else { false } }
+        guard sources.count == 1, let src = sources.first, case .source(let spec) = src.role,
+              spec.hasPrefix("pcap:"), !spec.dropFirst(5).contains(","),
+              plan.arcs.count == plan.nodes.count - 1,
+              plan.arcs.allSatisfy({ $0.selector.isAny && !$0.veto }),
+              plan.nodes.allSatisfy({ $0.explicitSpace == nil })
+        else { return nil }
+        var chain: [(FilterDescriptor, String)] = []
+        var at = src.id
+        var seen: Set<Int> = [at]
+        while let a = plan.arcs.first(where: { $0.from == at }) {
+            guard plan.arcs.filter({ $0.from == at }).count == 1, plan.arcs.filter({ $0.to == a.to }).count == 1,
+                  seen.insert(a.to).inserted, let n = plan.nodes.first(where: { $0.id == a.to }),
+                  case .filter(let d) = n.role else { return nil }
+            chain.append((d, n.arguments))
+            at = a.to
+        }
+        guard seen.count == plan.nodes.count, let last = chain.last, last.0.name == "pcapout",
+              chain.dropLast().allSatisfy({ $0.0.name != "veto" && Controller.stateless.contains($0.0.name) })
+        else { return nil }
+        input = String(spec.dropFirst(5))
+        filters = chain.dropLast().map { ($0.0, $0.1) }
+        output = last.1
+        sourceID = src.id
+    }
+
+    /// Runs it; false when the input is not one the batch path reads, or when something refuses to start (the
+    /// graph path then runs the request and says why, in its words).
+    func run(quiet: Bool) throws -> Bool {
+        let made: [any Filter]
+        do { made = try filters.map { f throws(FilterError) in try f.descriptor.make(f.arguments) } } catch { return false }
+        let result: CaptureBatch.Result
+        do {
+            guard let r = try CaptureBatch.run(input: input, filters: made, output: output) else { return false }
+            result = r
+        } catch {
+            return false
+        }
+        // The graph path's figures and messages, in its words.
+        var path = "/s\(sourceID)"
+        for f in filters {
+            let plain = f.arguments.isEmpty ? f.descriptor.name : "\(f.descriptor.name)=\(f.arguments)"
+            path += "/" + (plain.contains("/") || plain.utf8.count > 200 ? f.descriptor.name : plain)
+        }
+        if !quiet {
+            printError("pipesfs exec: \(path)/pcapout: file=\(output) records_written=\(result.written) "
+                       + "records_skipped_linktype=\(result.skipped) records_dropped=0 bytes_on_file=\(result.bytesOnFile) "
+                       + "bytes_queued=0 io=\(result.io) run=batch")
+        }
+        if let why = result.readFallback {
+            printError("pipesfs exec: source s\(sourceID): io_uring unavailable (\(why)); capture files are read with pread")
+        }
+        var failed = false
+        if let damage = result.damage {
+            printError("pipesfs exec: source s\(sourceID): '\(input)' is damaged after \(result.packetsRead) packets: \(damage)")
+            failed = true
+        }
+        if result.writeError != 0 {
+            printError("pipesfs exec: pcapout '\(output)': write failed: \(String(cString: strerror(result.writeError))); later records are dropped")
+            failed = true
+        }
+        if failed { throw ExitCode(1) }
+        return true
     }
 }
 

@@ -268,20 +268,32 @@ struct SpaceChannelTests {
     @Test("moving a stage back and forth while blocks flow loses, duplicates and reorders nothing")
     func churn() throws {
         let g = SpacedGraph(spaces: 2)
-        let n: UInt64 = 400_000
+        // At least 400 000 blocks, and on until the stage moved 20 times (how many blocks a move takes depends on
+        // the machine's load: a fixed count could end before the moves started).
+        let least: UInt64 = 400_000
         let producing = Locked(true)
+        let moved = Locked(0)
+        let total = Locked<UInt64>(0)
         startThread(name: "test-producer") {
-            produce(g.space, into: g.source, count: n, size: 80)
+            var produced: UInt64 = 0
+            while produced < least || moved.value < 20 {
+                produce(g.space, into: g.source, count: 20_000, size: 80, from: produced)
+                produced += 20_000
+                if produced >= 100 * least { break }  // moves stuck: the expectation below says so
+            }
+            total.value = produced
             producing.value = false
         }
         var moves = 0
         while producing.value && moves < 400 {
             try g.place(g.a, moves % 2 == 0 ? 1 : 0)
             moves += 1
+            moved.value = moves
             usleep(500)
         }
-        #expect(moves >= 10)
+        #expect(moves >= 20)
         #expect(eventually(within: 60, pollingEvery: 5_000) { !producing.value })
+        let n = total.value
         #expect(g.waitReceived(g.cb, n) == n)
         g.space.lock.withLock {
             #expect(g.ca.received == n && g.ca.outOfOrder == 0 && g.ca.gaps == 0 && g.ca.metadataWrong == 0)

@@ -39,9 +39,10 @@ final class URing {
     /// Room for another operation before `submit`.
     var hasRoom: Bool { inFlight + prepared < Int(entries) }
 
-    /// Queues a write of `count` bytes at `offset` (io_uring_prep_write).
-    func write(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, at offset: Int, tag: UInt64) {
-        prepare(write: true, fd, buffer, count, offset, tag)
+    /// Queues a write of `count` bytes at `offset` (io_uring_prep_write). `async`: a kernel worker does it
+    /// (IOSQE_ASYNC) rather than `submit` copying into the page cache inline.
+    func write(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, at offset: Int, tag: UInt64, async: Bool = false) {
+        prepare(write: true, fd, buffer, count, offset, tag, async: async)
     }
 
     /// Queues a read of up to `count` bytes at `offset` (io_uring_prep_read). A read of cached data is copied
@@ -52,7 +53,7 @@ final class URing {
         prepare(write: false, fd, buffer, count, offset, tag)
     }
 
-    private func prepare(write: Bool, _ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, _ tag: UInt64) {
+    private func prepare(write: Bool, _ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, _ tag: UInt64, async: Bool = false) {
         precondition(hasRoom, "URing: more operations than entries")
         prepared += 1
         guard fallbackReason == nil else {
@@ -67,6 +68,7 @@ final class URing {
         guard let sqe = next else { preconditionFailure("URing: no submission entry after submitting") }
         if write {
             io_uring_prep_write(sqe, fd, buffer, UInt32(count), UInt64(offset))
+            if async { io_uring_sqe_set_flags(sqe, UInt32(1) << UInt32(IOSQE_ASYNC_BIT)) }
         } else {
             io_uring_prep_read(sqe, fd, buffer, UInt32(count), UInt64(offset))
         }

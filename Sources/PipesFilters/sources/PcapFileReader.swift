@@ -172,6 +172,20 @@ final class PcapFileReader {
     /// Pushes up to `max` records into `node`. The space lock must be held. Returns how many and whether more
     /// follow. Stops early (status `.more`) when a lossless reader lags.
     func dispatch(space: Space, node: Unmanaged<Node>, max: Int, count: inout Int) -> Status {
+        walk(max: max, count: &count) { b, n in
+            space.push(node, &b)
+            // A lossless reader that lags ends the batch; asked every 8 records (a call into the runtime per record
+            // cost ~3% of the walk): the batch overshoots the reader's mark by at most 7 records.
+            return n & 7 == 0 && space.needsDrain
+        }
+    }
+
+    /// Hands up to `max` records to `body` in file order, each as a block pointing into the read buffer (valid
+    /// during the call); `body` gets the count so far and returns true to stop early. Returns `.more` when it
+    /// stopped early, reached `max` or must wait for the chunk being read (`prepareIO` waits for it), `.end` at
+    /// the end of the file, `.failed` with libpcap's words for damage.
+    @inline(__always)
+    func walk(max: Int, count: inout Int, _ body: (inout Block, Int) -> Bool) -> Status {
         count = 0
         while count < max {
             guard let have = fill(16) else { starved = true; return .more }
@@ -203,10 +217,7 @@ final class PcapFileReader {
                           linkType: linkType)
             offset += 16 + Int(caplen)
             count += 1
-            space.push(node, &b)
-            // A lossless reader that lags ends the batch; asked every 8 records (a call into the runtime per record
-            // cost ~3% of the walk): the batch overshoots the reader's mark by at most 7 records.
-            if count & 7 == 0 && space.needsDrain { return .more }
+            if body(&b, count) { return .more }
         }
         return .more
     }
