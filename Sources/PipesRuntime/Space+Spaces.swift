@@ -217,7 +217,8 @@ extension Space {
         node.inputs.compactMap { $0.outChannels[ObjectIdentifier(node)] }
     }
 
-    /// One line per execution space: index, CPU, thread, nodes, input channels, records consumed, sleeps.
+    /// One line per execution space: index, CPU, thread, nodes, input channels, records consumed, sleeps. Graph
+    /// lock held (the spaces' threads update their counters under their locks).
     public func spacesText() -> String {
         var s = "# space cpu thread nodes channels_in consumed sleeps wakeups\n"
         for x in spaces {

@@ -136,7 +136,7 @@ struct SpaceChannelTests {
             #expect(g.source.outChannels.isEmpty && g.a.outChannels.isEmpty)
             #expect(g.a.home.index == 0)
         }
-        #expect(g.space.spacesText().contains("\n0 - - 3 0 0 0 0\n"))
+        #expect(g.space.lock.withLock { g.space.spacesText() }.contains("\n0 - - 3 0 0 0 0\n"))
     }
 
     @Test("a stage placed in space 1: every block crosses once, in order, with its metadata; its subtree moves with it")
@@ -160,7 +160,7 @@ struct SpaceChannelTests {
             #expect(ch.first?.produced == n && ch.first?.delivered == n && ch.first?.dropped == 0 && ch.first?.refused == 0)
             #expect(ch.first?.policy == .block)
         }
-        #expect(g.space.spacesText().contains("\n1 - "))
+        #expect(g.space.lock.withLock { g.space.spacesText() }.contains("\n1 - "))
     }
 
     @Test("a slow consumer across a lossless channel: the producer waits, nothing is lost, the ring never overflows")
@@ -344,7 +344,7 @@ struct SpaceChannelTests {
             #expect(g.a.outChannels.isEmpty)
         }
         #expect(g.waitReceived(g.ca, n + 50_000) == n + 50_000)
-        #expect(g.space.spacesText().split(separator: "\n").count == 4)
+        #expect(g.space.lock.withLock { g.space.spacesText() }.split(separator: "\n").count == 4)
     }
 
     @Test("placements are checked: no such space, sources stay in space 0, no cycles between spaces (EDEADLK)")
