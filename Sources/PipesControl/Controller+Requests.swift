@@ -200,15 +200,20 @@ extension Controller {
             built.used.append(shared)
             return shared
         }
-        let plain = arguments.isEmpty ? d.name : "\(d.name)=\(arguments)"
-        let base = plain.contains("/") || plain.utf8.count > 200 ? d.name : plain
-        let name = try freeName(base, in: parent)
+        let name = try freeName(Controller.directoryName(d, arguments: arguments), in: parent)
         try step("mkdir \(parent.path)/\(name)")
         let node = try makeFilter(d, arguments: arguments, in: parent, named: name, uid: uid, gid: gid, inSpace: inSpace, dormant: true)
         built.created.append(node)
         built.used.append(node)
         built.dormant.append((parent, node))
         return node
+    }
+
+    /// The directory name a request gives a filter: `NAME=ARGS`, or `NAME` alone when the arguments hold a `/` or
+    /// the whole would be too long for a name (before `freeName` makes it unique).
+    public static func directoryName(_ d: FilterDescriptor, arguments: String) -> String {
+        let plain = arguments.isEmpty ? d.name : "\(d.name)=\(arguments)"
+        return plain.contains("/") || plain.utf8.count > 200 ? d.name : plain
     }
 
     /// A node below `parent` a request may share for `d` with `arguments` (§7.1, prefix sharing): stateless, the

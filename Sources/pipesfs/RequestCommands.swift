@@ -159,10 +159,7 @@ struct BatchRequest {
         }
         // The graph path's figures and messages, in its words.
         var path = "/s\(sourceID)"
-        for f in filters {
-            let plain = f.arguments.isEmpty ? f.descriptor.name : "\(f.descriptor.name)=\(f.arguments)"
-            path += "/" + (plain.contains("/") || plain.utf8.count > 200 ? f.descriptor.name : plain)
-        }
+        for f in filters { path += "/" + Controller.directoryName(f.descriptor, arguments: f.arguments) }
         if !quiet {
             printError("pipesfs exec: \(path)/pcapout: file=\(output) records_written=\(result.written) "
                        + "records_skipped_linktype=\(result.skipped) records_dropped=0 bytes_on_file=\(result.bytesOnFile) "
