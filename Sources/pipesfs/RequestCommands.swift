@@ -66,6 +66,18 @@ struct Exec: ParsableCommand {
 
     func run() throws {
         let plan = try resolvedPlan(request, sources: [])
+        // Writing a capture into the file being read would empty it under the reader (tcpdump -r F -w F reads
+        // nothing): refused.
+        let inputs = plan.nodes.compactMap { n -> stat? in
+            if case .source(let spec) = n.role, spec.hasPrefix("pcap:") { return fileStatus(String(spec.dropFirst(5))) }
+            return nil
+        }
+        for n in plan.nodes {
+            guard case .filter(let d) = n.role, d.name == "pcapout", let o = fileStatus(n.arguments),
+                  inputs.contains(where: { $0.st_dev == o.st_dev && $0.st_ino == o.st_ino }) else { continue }
+            printError("pipesfs exec: pcapout '\(n.arguments)' is a capture file this request reads: it would be emptied before it is read")
+            throw ExitCode(1)
+        }
         if spaces == 1, getenv("PIPESFS_EXEC_GRAPH") == nil, let batch = BatchRequest(plan), try batch.run(quiet: quiet) { return }
         let c = Controller(space: Space(spaces: max(1, min(64, spaces)), cpus: []))
         do {

@@ -118,6 +118,12 @@ err=$("$PIPESFS" exec "pcapin $CAP | ip | htp" 2>&1); rc=$?
 set -e
 [ "$rc" = 2 ] && echo "$err" | grep -q "1:.*unknown filter 'htp'" && echo "$err" | grep -q '\^~~' || fail "exec of an unknown filter: rc $rc: $err"
 set +e
+cp "$CAP" "$WORK/same.pcap"
+err=$("$PIPESFS" exec "pcapin $WORK/same.pcap | bpf \"tcp\" | pcapout $WORK/same.pcap" 2>&1); rc=$?
+set -e
+[ "$rc" = 1 ] && echo "$err" | grep -q "is a capture file this request reads" || fail "exec into its own input: rc $rc: $err"
+cmp -s "$CAP" "$WORK/same.pcap" || fail "exec into its own input changed it"
+set +e
 err=$("$PIPESFS" exec "pcapin $WORK/none.pcap | ip" 2>&1); rc=$?
 set -e
 [ "$rc" = 1 ] && echo "$err" | grep -q "No such file" || fail "exec of a missing capture: rc $rc: $err"
