@@ -307,13 +307,21 @@ struct SpaceChannelTests {
         let p2 = handMadeNode(g.space, "p2", RecordingFilter(forwardAs: 1))
         g.space.lock.withLock { g.space.attach(p2, under: g.source) }
         try g.place(g.a, 1)
-        let n: UInt64 = 20_000
-        produce(g.space, into: g.source, count: n, size: 64)
-        let inFlight: UInt64 = g.space.lock.withLock {
-            let left = n - g.ca.received
-            g.space.move(g.a, under: p2, name: "a", selector: .any)
-            g.space.refresh()
-            return left
+        // Blocks until some are still in the channel when the move comes (the consumer pauses 2 µs per block, but
+        // a slow producer, as under ThreadSanitizer, can leave it nothing to be behind on): up to 10 rounds.
+        var n: UInt64 = 0
+        var inFlight: UInt64 = 0
+        for _ in 0..<10 where inFlight == 0 {
+            produce(g.space, into: g.source, count: 20_000, size: 64, from: n)
+            n += 20_000
+            inFlight = g.space.lock.withLock {
+                let left = n - g.ca.received
+                if left > 0 {
+                    g.space.move(g.a, under: p2, name: "a", selector: .any)
+                    g.space.refresh()
+                }
+                return left
+            }
         }
         #expect(inFlight > 0, "the consumer was too fast for the test to mean anything")
         g.space.lock.withLock {
