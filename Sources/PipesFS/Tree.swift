@@ -353,9 +353,7 @@ public final class Tree: @unchecked Sendable {
                     if k == .pcap {
                         let lt = space.streamLinkType(n) ?? .ethernet
                         dlt = lt.dltValue
-                        var hdr: (UInt32, UInt16, UInt16, Int32, UInt32, UInt32, UInt32) =
-                            (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, lt.fileValue)
-                        header = withUnsafeBytes(of: &hdr) { Array($0) }
+                        header = lt.pcapFileHeader
                     }
                     guard let t = RingTap(export: x, pcapLinkType: dlt, fileHeader: header) else {
                         throw controller.fail("open \(file)", FSError(EMFILE, "the stream has \(x.maxReaders) readers already"))

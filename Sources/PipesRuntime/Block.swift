@@ -20,6 +20,12 @@ public struct LinkType: RawRepresentable, Hashable, Sendable, CustomStringConver
     public var dltValue: Int32 { self == .raw || self == .dltRaw14 ? 12 : rawValue }
     /// The value a capture file header carries (LINKTYPE_*): 101 for raw IP.
     public var fileValue: UInt32 { self == .dltRaw12 || self == .dltRaw14 ? 101 : UInt32(bitPattern: rawValue) }
+    /// The 24-byte header of a classic pcap file of this link type, as every file and `all.pcap` here writes it:
+    /// microsecond timestamps, version 2.4, snapshot length 262144.
+    public var pcapFileHeader: [UInt8] {
+        var h: (UInt32, UInt16, UInt16, Int32, UInt32, UInt32, UInt32) = (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, fileValue)
+        return withUnsafeBytes(of: &h) { Array($0) }
+    }
     /// Two link types that mean the same framing.
     public func sameFraming(_ o: LinkType) -> Bool { dltValue == o.dltValue }
 

@@ -182,11 +182,11 @@ struct BatchRequest {
         }
         var failed = false
         if let damage = result.damage {
-            printError("pipesfs exec: source s\(sourceID): '\(input)' is damaged after \(result.packetsRead) packets: \(damage)")
+            printError("pipesfs exec: " + PcapFileSource.damageMessage(source: "s\(sourceID)", path: input, packets: result.packetsRead, why: damage))
             failed = true
         }
         if result.writeError != 0 {
-            printError("pipesfs exec: pcapout '\(output)': write failed: \(String(cString: strerror(result.writeError))); later records are dropped")
+            printError("pipesfs exec: " + FileWriter.writeFailedMessage(path: output, errno: result.writeError))
             failed = true
         }
         if failed { throw ExitCode(1) }

@@ -63,8 +63,7 @@ public final class CaptureBatch {
             return truncateFailure.errno
         }
 
-        var header: (UInt32, UInt16, UInt16, Int32, UInt32, UInt32, UInt32) = (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, fileType.fileValue)
-        withUnsafeBytes(of: &header) { out.append($0) }
+        fileType.pcapFileHeader.withUnsafeBytes { out.append($0) }
 
         // The filters as the graph's hot path holds them: their type and an unretained instance.
         let chain = UnsafeMutableBufferPointer<(type: any Filter.Type, instance: UnsafeMutableRawPointer)>.allocate(capacity: filters.count)

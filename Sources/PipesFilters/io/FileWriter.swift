@@ -203,6 +203,11 @@ public final class FileWriter: @unchecked Sendable {
     }
 
     /// Writes up to `passBudget` of `s`'s queue, two chunks in flight. Returns true if more is queued.
+    /// What a failed write is reported as, by the writer and by `pipesfs exec`'s batch path alike.
+    public static func writeFailedMessage(path: String, errno e: Int32) -> String {
+        "pcapout '\(path)': write failed: \(String(cString: strerror(e))); later records are dropped"
+    }
+
     /// Empties `s`'s file before its first write (every pass drains every sink, so this happens in the first pass
     /// after registration, closing or not); a failure is reported like a write error (what follows is lost).
     private func truncateIfPending(_ s: WriterSink, _ p: inout WriterSink.Published) {
@@ -272,7 +277,7 @@ public final class FileWriter: @unchecked Sendable {
             if r < 0 {
                 if p.error == 0 {
                     p.error = Int32(-r)
-                    report(s, "pcapout '\(s.path)': write failed: \(String(cString: strerror(Int32(-r)))); later records are dropped")
+                    report(s, FileWriter.writeFailedMessage(path: s.path, errno: Int32(-r)))
                 }
                 p.bytesLost &+= UInt64(len)
             } else {

@@ -97,8 +97,7 @@ public final class PcapOut: SpaceBoundFilter, DrainingFilter, BatchStaged {
 
     private func writeHeader(_ lt: LinkType) {
         linkType = lt
-        var h: (UInt32, UInt16, UInt16, Int32, UInt32, UInt32, UInt32) = (0xA1B2_C3D4, 2, 4, 0, 0, 262_144, lt.fileValue)
-        let r = withUnsafeBytes(of: &h) { sink.queue.append(header: nil, body: UnsafeRawBufferPointer(rebasing: $0[0..<24])) }
+        let r = lt.pcapFileHeader.withUnsafeBytes { sink.queue.append(header: nil, body: $0) }
         if r.contains(.stored) { appended &+= 24 }
         FileWriter.shared.wake()
     }

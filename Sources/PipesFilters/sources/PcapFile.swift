@@ -220,7 +220,7 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
             space.finishBatch(batchState, mayWait: true) { [self] in state.withLock { stopping || rewindRequested } }
 
             if let f = failure {
-                let msg = "source \(node.name): '\(path)' is damaged after \(packetsRead) packets: \(f)"
+                let msg = PcapFileSource.damageMessage(source: node.name, path: path, packets: packetsRead, why: f)
                 state.withLock { lastError = msg }
                 space.reportError(msg)
             }
@@ -253,6 +253,11 @@ public final class PcapFileSource: SourceFilter, @unchecked Sendable {
         dispatcher = nil
         space = nil
         node = nil
+    }
+
+    /// What a damaged capture is reported as, by this source and by `pipesfs exec`'s batch path alike.
+    public static func damageMessage(source: String, path: String, packets: UInt64, why: String) -> String {
+        "source \(source): '\(path)' is damaged after \(packets) packets: \(why)"
     }
 
     private func reopenFile() {
