@@ -133,19 +133,26 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
 
     // MARK: producer (the producing space's lock held)
 
-    /// Appends one record: `serial` (8 bytes, read back by `serial(of:)`) then the bytes. `.stored` unless
-    /// refused, plus `.congested` when a lossless ring is past its mark.
+    /// The bytes before a record's payload: the block's serial (8), flow tag (4) and flow marks (4).
+    public static let prefixBytes = 16
+
+    /// Appends one record: `serial`, `flow` and `flowMarks` (the prefix, read back by `split`) then the bytes.
+    /// `.stored` unless refused, plus `.congested` when a lossless ring is past its mark.
     @inline(__always)
-    public func append(_ bytes: UnsafeRawBufferPointer, serial: UInt64, classValue: UInt32, wireLength: Int, linkType: UInt16,
+    public func append(_ bytes: UnsafeRawBufferPointer, serial: UInt64, flow: UInt32 = 0, flowMarks: UInt8 = 0,
+                       classValue: UInt32, wireLength: Int, linkType: UInt16,
                        timestampNanoseconds: Int64) -> AppendResult {
         let r = ring
-        guard let p = r.reserve(bytes.count &+ 8, wait: false) else {
+        let pre = ChannelRing.prefixBytes
+        guard let p = r.reserve(bytes.count &+ pre, wait: false) else {
             refused &+= 1
             return policy == .block ? .congested : []
         }
         p.storeBytes(of: serial, as: UInt64.self)
-        if let b = bytes.baseAddress, bytes.count > 0 { (p + 8).copyMemory(from: b, byteCount: bytes.count) }
-        r.commit(bytes.count &+ 8, classValue: classValue, wireLength: wireLength, linkType: linkType,
+        p.storeBytes(of: flow, toByteOffset: 8, as: UInt32.self)
+        p.storeBytes(of: UInt32(flowMarks), toByteOffset: 12, as: UInt32.self)
+        if let b = bytes.baseAddress, bytes.count > 0 { (p + pre).copyMemory(from: b, byteCount: bytes.count) }
+        r.commit(bytes.count &+ pre, classValue: classValue, wireLength: wireLength, linkType: linkType,
                  timestampNanoseconds: timestampNanoseconds)
         produced &+= 1
         sinceSignal &+= 1
@@ -219,12 +226,16 @@ public final class ChannelRing: BatchRing, @unchecked Sendable {
         return nil
     }
 
-    /// The serial a record carries (its first 8 bytes) and its payload after them.
+    /// The serial, flow tag and flow marks a record carries (its prefix) and its payload after them.
     @inline(__always)
-    public static func split(_ record: DBufReader.Record) -> (serial: UInt64, bytes: UnsafeRawBufferPointer) {
+    public static func split(_ record: DBufReader.Record)
+        -> (serial: UInt64, flow: UInt32, flowMarks: UInt8, bytes: UnsafeRawBufferPointer) {
         let b = record.bytes
-        guard b.count >= 8, let base = b.baseAddress else { return (0, b) }
-        return (base.loadUnaligned(as: UInt64.self), UnsafeRawBufferPointer(start: base + 8, count: b.count - 8))
+        let pre = ChannelRing.prefixBytes
+        guard b.count >= pre, let base = b.baseAddress else { return (0, 0, 0, b) }
+        return (base.loadUnaligned(as: UInt64.self), base.loadUnaligned(fromByteOffset: 8, as: UInt32.self),
+                UInt8(truncatingIfNeeded: base.loadUnaligned(fromByteOffset: 12, as: UInt32.self)),
+                UnsafeRawBufferPointer(start: base + pre, count: b.count - pre))
     }
 
     /// Moves past the record `next()` returned.

@@ -3,9 +3,9 @@ import PipesRuntime
 /// The filter library: every filter `mkdir` and SRL can name. Adding a filter: one file, one line here, one test.
 public enum FilterLibrary {
     public static let filters: [FilterDescriptor] = [
-        Eth.descriptor, IP.descriptor, IP6.descriptor, IPProto.descriptor,
+        Eth.descriptor, IP.descriptor, IP6.descriptor, IPProto.descriptor, Defrag.descriptor,
         TCP.descriptor, UDP.descriptor, ICMP.descriptor, SPort.descriptor, DPort.descriptor,
-        BPF.descriptor, Count.descriptor, Match.descriptor, Payload.descriptor, PcapOut.descriptor,
+        BPF.descriptor, Count.descriptor, Match.descriptor, Payload.descriptor, PcapOut.descriptor, UnTCP.descriptor, Files.descriptor,
         Union.descriptor, Intersect.descriptor, Difference.descriptor, Veto.descriptor,
     ]
 

@@ -56,6 +56,17 @@ extension Block {
         case .linuxSLL2:
             guard let t = u16(0) else { return }
             setNetwork(t, at: 20)
+        case .arcnetLinux:
+            // Source, destination, offset (2), then the protocol: RFC 1201 types have a split flag and a sequence
+            // number (8 bytes in all, 12 for an exception packet, split flag 0xff); RFC 1051 types do not (5).
+            guard let t = u8(4) else { return }
+            switch t {
+            case 212, 0xC4:
+                guard let split = u8(5) else { return }
+                setNetwork(t == 212 ? etherTypeIPv4 : etherTypeIPv6, at: split == 0xFF ? 12 : 8)
+            case 240: setNetwork(etherTypeIPv4, at: 5)
+            default: return
+            }
         case .ppp:
             guard let p = u16(2) else { return }
             if p == 0x0021 { setNetwork(etherTypeIPv4, at: 4) } else if p == 0x0057 { setNetwork(etherTypeIPv6, at: 4) }

@@ -13,6 +13,7 @@ public struct LinkType: RawRepresentable, Hashable, Sendable, CustomStringConver
     public static let ipv4 = LinkType(rawValue: 228)
     public static let ipv6 = LinkType(rawValue: 229)
     public static let linuxSLL2 = LinkType(rawValue: 276)
+    public static let arcnetLinux = LinkType(rawValue: 129)  // Linux ARCNET: RFC 1201 and RFC 1051 headers
     /// Data that is not a frame: written into a tap by a process (LINKTYPE_USER0).
     public static let user = LinkType(rawValue: 147)
 
@@ -38,6 +39,7 @@ public struct LinkType: RawRepresentable, Hashable, Sendable, CustomStringConver
         case .loop: "loop"
         case .linuxSLL: "linux-sll"
         case .linuxSLL2: "linux-sll2"
+        case .arcnetLinux: "arcnet-linux"
         case .ipv4: "ipv4"
         case .ipv6: "ipv6"
         case .user: "user"
@@ -64,6 +66,12 @@ public struct Block {
     /// several paths carries the same serial, so join filters (union, intersect, difference) recognise it.
     /// Stamped where a block enters the graph (`ExecutionSpace.stamp`), carried across spaces by channels.
     public var serial: UInt64 = 0
+    /// The flow tag (§4.2, connection handling): which connection and direction the bytes belong to when one stream
+    /// carries many connections (`untcp` sets it; `FlowTable` names it). 0: not part of a flow. Filters below the
+    /// one that set it keep it, so they group blocks into sessions by it instead of parsing headers again.
+    public var flow: UInt32 = 0
+    /// Where the block stands in its flow: its first bytes, its last (nothing follows: FIN, RST or eviction).
+    public var flowMarks: FlowMarks = []
     /// Decoded layer offsets; see `Block+Decode.swift`. Filled lazily, once, by whichever filter needs them.
     public var layers = Layers()
 

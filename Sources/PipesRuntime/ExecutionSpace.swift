@@ -240,8 +240,11 @@ public final class ExecutionSpace: @unchecked Sendable {
         let (edges, taps, k, x) = node._withUnsafeGuaranteedRef { n in (n.hotEdges, n.hotTaps, n.counters, n.hotExport) }
         k.pointee.packetsOut &+= 1
         k.pointee.bytesOut &+= UInt64(block.count)
-        if taps.count != 0 { deliverToTaps(taps, k, block) }
-        if let x { deliverToExport(x, k, block) }
+        // An empty block that only marks a flow's end has no bytes for readers of `all` (filters below get it).
+        if taps.count != 0 || x != nil, block.count != 0 || block.flowMarks.isEmpty {
+            if taps.count != 0 { deliverToTaps(taps, k, block) }
+            if let x { deliverToExport(x, k, block) }
+        }
         let n = edges.count
         if n == 1 {
             let e = edges[0]
@@ -307,7 +310,8 @@ public final class ExecutionSpace: @unchecked Sendable {
         let hot = uc._withUnsafeGuaranteedRef { $0.hotRing }
         hot._withUnsafeGuaranteedRef { c in
             let ts = Int64(block.seconds) &* 1_000_000_000 &+ Int64(block.nanoseconds)
-            let r = c.append(block.bytes, serial: block.serial, classValue: block.classValue, wireLength: block.wireLength,
+            let r = c.append(block.bytes, serial: block.serial, flow: block.flow, flowMarks: block.flowMarks.rawValue,
+                             classValue: block.classValue, wireLength: block.wireLength,
                              linkType: UInt16(truncatingIfNeeded: block.linkType.rawValue), timestampNanoseconds: ts)
             if r.contains(.congested) { current._withUnsafeGuaranteedRef { $0.congested.append(c) } }
             if !c.pendingSignal {

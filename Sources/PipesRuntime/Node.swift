@@ -126,6 +126,12 @@ public final class Node: @unchecked Sendable {
     public static func forward(_ inlet: Unmanaged<Node>, inSpaceOf owner: Unmanaged<Node>, _ c: UInt32, _ block: inout Block) {
         owner._withUnsafeGuaranteedRef { $0.homeRef }._withUnsafeGuaranteedRef { $0.forward(inlet, c, &block) }
     }
+    /// Gives `block` a new serial in the space `owner` runs in (a filter that hands on several blocks for one: each
+    /// is a block of its own to the joins below). That space's lock held.
+    @inline(__always)
+    public static func stamp(_ block: inout Block, inSpaceOf owner: Unmanaged<Node>) {
+        owner._withUnsafeGuaranteedRef { $0.homeRef }._withUnsafeGuaranteedRef { $0.stamp(&block) }
+    }
     /// Registers `staged` with the batch of the producer running `owner`'s space (from inside `owner`'s filter,
     /// that space's lock held): it publishes as the batch ends.
     @inline(__always)

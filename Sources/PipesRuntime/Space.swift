@@ -459,6 +459,7 @@ public final class Space: @unchecked Sendable {
             memo[ObjectIdentifier(n)] = r
             return r
         }
+        flushEnding(ended)
         var liveMemo: [ObjectIdentifier: Bool] = [:]
         func live(_ n: Node) -> Bool {
             if let m = liveMemo[ObjectIdentifier(n)] { return m }
@@ -497,6 +498,31 @@ public final class Space: @unchecked Sendable {
         // The graph changed: a parked write whose lagging reader is no longer downstream (a link removed, a
         // filter moved or removed) may go now. Drain callbacks do not see such changes.
         if !pendingOrder.isEmpty { requestRetry() }
+    }
+
+    /// Filters that hold blocks back (`FlushingFilter`) and whose inputs all ended hand on what they hold, before
+    /// anything below them is marked ended: upstream ones first, each once per end of its input. Lock held.
+    private func flushEnding(_ ended: (Node) -> Bool) {
+        var due: [(depth: Int, node: Node, filter: any FlushingFilter)] = []
+        for n in nodes.values where !n.ended {
+            guard let f = n.filter as? any FlushingFilter, ended(n) else { continue }
+            var depth = 0
+            var seen: Set<ObjectIdentifier> = []
+            var frontier = n.inputs
+            while !frontier.isEmpty && depth < nodes.count {
+                depth += 1
+                frontier = frontier.flatMap { $0.inputs }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+            }
+            due.append((depth, n, f))
+        }
+        for d in due.sorted(by: { $0.depth < $1.depth }) {
+            let b = Batch()
+            d.node.home.asProducer(b) { d.filter.endOfStream() }
+            // Readers of what it handed on are woken now (as `endOfStream` of a tap does, lock held); channels into
+            // other spaces were signalled as the batch settled.
+            for r in b.wake { r.serviceWaiters() }
+            for r in b.congested { r.serviceWaiters() }
+        }
     }
 }
 

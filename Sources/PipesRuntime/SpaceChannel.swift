@@ -136,10 +136,12 @@ extension Block {
     @inline(__always)
     init(record rec: DBufReader.Record) {
         let ts = rec.timestampNanoseconds
-        let (serial, bytes) = ChannelRing.split(rec)
+        let (serial, flow, marks, bytes) = ChannelRing.split(rec)
         self.init(bytes: bytes, wireLength: rec.wireLength, seconds: ts / 1_000_000_000,
                   nanoseconds: Int32(truncatingIfNeeded: ts % 1_000_000_000), linkType: LinkType(rawValue: Int32(rec.linkType)))
         classValue = rec.classValue
         self.serial = serial
+        self.flow = flow
+        flowMarks = FlowMarks(rawValue: marks)
     }
 }

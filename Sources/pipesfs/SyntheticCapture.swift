@@ -140,6 +140,12 @@ enum SyntheticCapture {
                 } else {
                     frames.append(ipv4(src, dst, 6, segment, id: i &+ frames.count))
                 }
+                // Heavy duplication (0.1 and up) also re-sends the second half of some data segments: overlaps.
+                if duplicate >= 0.1 && data.count >= 8 && rng.chance(duplicate) {
+                    let half = data.count / 2
+                    let again = tcp(src, dst, sp, dp, seq: seq &+ UInt32(half), ack: ack, flags: 0x10, Array(data[half...]))
+                    frames.append(kind == 6 ? ipv6(src, dst, again) : ipv4(src, dst, 6, again, id: i &+ frames.count))
+                }
                 let adv = UInt32(data.count) + (flags & 0x03 != 0 ? 1 : 0)
                 if fromClient { cseq &+= adv } else { sseq &+= adv }
             }
@@ -152,6 +158,22 @@ enum SyntheticCapture {
             if rng.chance(duplicate * 10) {
                 let k = 3 + rng.below(frames.count - 3)
                 frames.insert(frames[k], at: k + 1)
+            }
+            // Heavy settings (0.1 and up, for reassembly tests) add more: every later pair may swap, every later frame
+            // may come twice. The defaults leave captures as they always were.
+            if reorder >= 0.1 {
+                var k = 3
+                while k + 1 < frames.count {
+                    if rng.chance(reorder) { frames.swapAt(k, k + 1); k += 1 }
+                    k += 1
+                }
+            }
+            if duplicate >= 0.1 {
+                var k = frames.count - 1
+                while k >= 3 {
+                    if rng.chance(duplicate) { frames.insert(frames[k], at: k + 1) }
+                    k -= 1
+                }
             }
             return frames
         }

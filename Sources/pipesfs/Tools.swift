@@ -15,11 +15,21 @@ struct MakePcap: ParsableCommand {
     @Option(help: "Number of flows.") var flows = 20000
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(help: "Target size in MB (overrides --flows; grows flows until reached).") var megabytes: Int?
+    @Option(help: "Reordering: a connection swaps two segments with 10x this chance; from 0.1 on, each later pair of segments also swaps with this chance.")
+    var reorder = 0.02
+    @Option(help: "Duplication: a connection repeats a segment with 10x this chance; from 0.1 on, each later segment also comes twice, and data segments are partly re-sent (overlaps), with this chance.")
+    var dup = 0.01
+
+    func validate() throws {
+        guard (0...1).contains(reorder), (0...1).contains(dup) else {
+            throw ValidationError("--reorder and --dup are chances between 0 and 1")
+        }
+    }
 
     func run() throws {
         var n = flows
         if let mb = megabytes { n = max(1, mb * 1_000_000 / 2_100) }
-        let s = try SyntheticCapture.write(to: output, flows: n, seed: seed)
+        let s = try SyntheticCapture.write(to: output, flows: n, seed: seed, reorder: reorder, duplicate: dup)
         print(s)
     }
 }

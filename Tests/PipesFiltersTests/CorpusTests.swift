@@ -33,6 +33,7 @@ func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
         case "match": args = "GET"
         case "intersect": args = "2"
         case "pcapout": args = pcapOutPath
+        case "files": args = pcapOutPath + "-files"
         default: args = ""
         }
         out.append((d.name, try d.make(args)))
@@ -54,6 +55,28 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
     defer { pcap_close(h) }
     let linkType = LinkType(rawValue: pcap_datalink(h))
     for (_, f) in filters { try? f.attach(streamLinkType: linkType) }
+    // What defrag and untcp hand on goes on down a chain, defrag → untcp → files, checked on the way.
+    let untcp = filters.first { $0.0 == "untcp" }!.1 as! UnTCP
+    let defrag = filters.first { $0.0 == "defrag" }!.1 as! Defrag
+    let files = filters.first { $0.0 == "files" }!.1
+    var handedOn = 0
+    untcp.unboundOutput = { b in
+        var copy = b
+        handedOn += 1
+        if copy.linkType != .user || copy.flow == 0 { problems.append("untcp handed on a block without its flow") }
+        _ = files.process(&copy)
+    }
+    defrag.unboundOutput = { b in
+        var copy = b
+        copy.decodeTransport()
+        if copy.layers.laterFragment { problems.append("defrag handed on a fragment") }
+        _ = untcp.process(&copy)
+    }
+    defer {
+        let dir = outPath + "-files"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] { unlink(dir + "/" + name) }
+        rmdir(dir)
+    }
     let payload = filters.first { $0.0 == "payload" }!.1
     let match = filters.first { $0.0 == "match" }!.1
 
@@ -90,6 +113,7 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
         var chained = block()
         if payload.process(&chained) != 0 { _ = match.process(&chained) }
     }
+    untcp.endOfStream()
     for (_, f) in filters { f.shutdown() }
     if forwardedByCount != records { problems.append("count forwarded \(forwardedByCount) of \(records)") }
 

@@ -65,10 +65,10 @@ public enum Pkt {
     }
 
     /// TCP header (20, no options) + payload.
-    public static func tcp(sport: UInt16, dport: UInt16, flags: UInt8 = 0x18, _ payload: [UInt8] = []) -> [UInt8] {
+    public static func tcp(sport: UInt16, dport: UInt16, flags: UInt8 = 0x18, seq: UInt32 = 1, _ payload: [UInt8] = []) -> [UInt8] {
         be16(sport)  // source port
             + be16(dport)  // destination port
-            + [0, 0, 0, 1]  // sequence number
+            + be16(UInt16(seq >> 16)) + be16(UInt16(seq & 0xFFFF))  // sequence number
             + [0, 0, 0, 0]  // acknowledgement number
             + [0x50]  // data offset 5 (20 bytes)
             + [flags]  // flags

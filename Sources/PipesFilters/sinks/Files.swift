@@ -1,0 +1,194 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PipesRuntime
+
+/// `files=DIR`: writes each flow of a stream (`Block.flow`, as `untcp` tags them) to a file of its own in DIR, named
+/// as tcpflow names them (`SRCIP.SPORT-DSTIP.DPORT`, zero-padded; a later connection on the same ports gets `c1`,
+/// `c2`, … appended), so results compare with tcpflow's directly. Forwards everything.
+///
+/// Each flow's bytes gather in a buffer of 64 KiB that is written when full, when the flow ends (`.end`), and at
+/// the end of the input. At most 256 files are open at once: the least recently written is closed and opened again
+/// (appending) when its flow goes on. Blocks without a flow tag go to `unflowed` in DIR. The writes are made by the
+/// producer's thread (a full buffer at a time); a failed write is reported once in `.errors` and counted in
+/// `files_write_errors`, and that flow's later bytes are dropped (counted in `files_lost_bytes`).
+public final class Files: SpaceBoundFilter, FlushingFilter {
+    static let bufferSize = 64 << 10
+    static let maxOpen = 256
+
+    final class FlowFile {
+        let name: String
+        var fd: Int32 = -1
+        var created = false
+        var failed = false
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Files.bufferSize, alignment: 64)
+        var used = 0
+        var lastUse: UInt64 = 0
+        init(name: String) { self.name = name }
+        deinit { buffer.deallocate() }
+    }
+
+    private let directory: String
+    private let dirfd: Int32
+    private var flows: [UInt32: FlowFile] = [:]
+    /// Names given so far, with how many connections had each (tcpflow's `cN` suffixes).
+    private var names: [String: Int] = [:]
+    private var openFiles = 0
+    private var clock: UInt64 = 0
+    private unowned(unsafe) var space: Space?
+
+    private(set) var filesMade: UInt64 = 0
+    private(set) var bytesWritten: UInt64 = 0
+    private(set) var writeErrors: UInt64 = 0
+    private(set) var lostBytes: UInt64 = 0
+    private var firstError: String?
+
+    init(_ path: String) throws(FilterError) {
+        guard !path.isEmpty else { throw FilterError("files: needs a directory, as in files=/tmp/flows") }
+        if mkdir(path, 0o755) != 0 && errno != EEXIST {
+            let e = errno
+            throw FilterError("files: cannot create directory '\(path)': \(String(cString: strerror(e)))", errno: e)
+        }
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 {
+            let e = errno
+            throw FilterError("files: cannot open directory '\(path)': \(String(cString: strerror(e)))", errno: e)
+        }
+        directory = path
+        dirfd = fd
+    }
+
+    deinit {
+        flushAll()
+        close(dirfd)
+    }
+
+    public var arguments: String { directory }
+
+    public func bind(space: Space, node: Node) throws(FilterError) { self.space = space }
+
+    public func process(_ block: inout Block) -> UInt32 {
+        let c = block.classValue == 0 ? 1 : block.classValue
+        let f: FlowFile
+        if let known = flows[block.flow] {
+            f = known
+        } else {
+            if block.count == 0 { return c }  // the end of a flow that brought no bytes: no file
+            f = FlowFile(name: name(for: block.flow))
+            flows[block.flow] = f
+        }
+        clock &+= 1
+        f.lastUse = clock
+        if block.count > 0 { append(f, block.bytes) }
+        if block.flowMarks.contains(.end) {
+            flush(f)
+            closeFile(f)
+            flows.removeValue(forKey: block.flow)
+        }
+        return c
+    }
+
+    private func name(for tag: UInt32) -> String {
+        let base = tag == 0 ? "unflowed" : FlowTable.shared.info(tag)?.key.tcpflowName ?? "flow-\(tag)"
+        let seen = names[base, default: 0]
+        names[base] = seen + 1
+        return seen == 0 || tag == 0 ? base : "\(base)c\(seen)"
+    }
+
+    @inline(__always)
+    private func append(_ f: FlowFile, _ bytes: UnsafeRawBufferPointer) {
+        if f.failed {
+            lostBytes &+= UInt64(bytes.count)
+            return
+        }
+        if f.used + bytes.count > Files.bufferSize { flush(f) }
+        if bytes.count >= Files.bufferSize {
+            write(f, bytes)
+            return
+        }
+        (f.buffer + f.used).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        f.used += bytes.count
+    }
+
+    private func flush(_ f: FlowFile) {
+        if f.used == 0 { return }
+        write(f, UnsafeRawBufferPointer(start: f.buffer, count: f.used))
+        f.used = 0
+    }
+
+    private func write(_ f: FlowFile, _ bytes: UnsafeRawBufferPointer) {
+        if f.failed { lostBytes &+= UInt64(bytes.count); return }
+        if f.fd < 0 && !openFile(f) { lostBytes &+= UInt64(bytes.count); return }
+        var off = 0
+        while off < bytes.count {
+            let n = Glibc.write(f.fd, bytes.baseAddress! + off, bytes.count - off)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 {
+                fail(f, "write to '\(directory)/\(f.name)' failed: \(String(cString: strerror(n < 0 ? errno : EIO)))")
+                lostBytes &+= UInt64(bytes.count - off)
+                return
+            }
+            off += n
+        }
+        bytesWritten &+= UInt64(bytes.count)
+    }
+
+    private func openFile(_ f: FlowFile) -> Bool {
+        if openFiles >= Files.maxOpen, let lru = flows.values.filter({ $0.fd >= 0 }).min(by: { $0.lastUse < $1.lastUse }) {
+            closeFile(lru)
+        }
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (f.created ? O_APPEND : O_TRUNC)
+        let fd = openat(dirfd, f.name, flags, 0o644)
+        if fd < 0 {
+            fail(f, "cannot create '\(directory)/\(f.name)': \(String(cString: strerror(errno)))")
+            return false
+        }
+        if !f.created { filesMade &+= 1 }
+        f.created = true
+        f.fd = fd
+        openFiles += 1
+        return true
+    }
+
+    private func closeFile(_ f: FlowFile) {
+        if f.fd < 0 { return }
+        close(f.fd)
+        f.fd = -1
+        openFiles -= 1
+    }
+
+    private func fail(_ f: FlowFile, _ message: String) {
+        f.failed = true
+        writeErrors &+= 1
+        if firstError == nil {
+            firstError = message
+            space?.reportError("files: \(message)")
+        }
+    }
+
+    private func flushAll() {
+        for f in flows.values {
+            flush(f)
+            closeFile(f)
+        }
+        flows.removeAll()
+    }
+
+    /// The input ended: every flow's buffer goes to its file.
+    public func endOfStream() { flushAll() }
+
+    public func shutdown() { flushAll() }
+
+    public func statistics() -> [(String, String)] {
+        var s = [("files_made", "\(filesMade)"), ("files_open", "\(openFiles)"), ("files_flows", "\(flows.count)"),
+                 ("files_bytes_written", "\(bytesWritten)"), ("files_write_errors", "\(writeErrors)"),
+                 ("files_lost_bytes", "\(lostBytes)")]
+        if let e = firstError { s.append(("files_first_error", e)) }
+        return s
+    }
+
+    public static let descriptor = FilterDescriptor(
+        name: "files", summary: "writes each flow to its own file, named as tcpflow names them", usage: "files=DIR",
+        structuralClass: .sink
+    ) { a throws(FilterError) in try Files(a) }
+}
