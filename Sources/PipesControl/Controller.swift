@@ -25,6 +25,24 @@ public final class Controller: @unchecked Sendable {
     /// `activate A -> B`); an error returned fails that step, as a refused operation would.
     public var injectFault: (@Sendable (_ step: String) -> ControlError?)?
 
+    /// Class directories made because their filter reported the class (`ClassReporting`), by node id and name: each
+    /// is made once, so one the user removes stays removed. Lock held.
+    private var offeredClasses: Set<String> = []
+
+    /// Makes a class directory below `dir` for each class its filter reports having seen (`http/` shows `get/` once a
+    /// GET went by), owned as `dir` is. Takes the lock.
+    public func offerSeenClasses(in dir: Node) {
+        let names: [String] = (try? withLock { () throws(ControlError) -> [String] in
+            guard !dir.removed, let r = dir.filter as? any ClassReporting else { return [] }
+            var out: [String] = []
+            for n in r.seenClassNames() where offeredClasses.insert("\(dir.id)/\(n)").inserted {
+                if child(of: dir, named: n) == nil { out.append(n) }
+            }
+            return out
+        }) ?? []
+        for n in names { _ = try? makeDirectory(in: dir, named: n, uid: dir.uid, gid: dir.gid) }
+    }
+
     /// Names every filter directory holds as files.
     public static let fileNames: Set<String> = ["all", "all.pcap", "stats", "ctl"]
     /// Names the root holds as files.

@@ -173,8 +173,19 @@ public final class Tree: @unchecked Sendable {
         }
     }
 
+    /// A filter that reports the classes it has seen gets their directories before its directory is read or looked
+    /// in (`ClassReporting`).
+    private func offerClasses(_ ino: UInt64) {
+        guard ino != rootInode, let d = try? controller.withLock({ () throws(FSError) -> Node? in
+            guard let d = try directory(ino), d.filter is any ClassReporting else { return nil }
+            return d
+        }) else { return }
+        controller.offerSeenClasses(in: d)
+    }
+
     public func lookup(_ parent: UInt64, _ name: String) throws(FSError) -> Attributes {
-        try controller.withLock { () throws(FSError) -> Attributes in
+        offerClasses(parent)
+        return try controller.withLock { () throws(FSError) -> Attributes in
             let dir = try directory(parent)
             if dir == nil {
                 if name == ".errors" { return attributes(.errors, errorsInode) }
@@ -199,7 +210,8 @@ public final class Tree: @unchecked Sendable {
     }
 
     public func readdir(_ ino: UInt64) throws(FSError) -> [DirectoryEntry] {
-        try controller.withLock { () throws(FSError) -> [DirectoryEntry] in
+        offerClasses(ino)
+        return try controller.withLock { () throws(FSError) -> [DirectoryEntry] in
             let dir = try directory(ino)
             var out: [DirectoryEntry] = [
                 DirectoryEntry(name: ".", inode: ino, kind: .directory),

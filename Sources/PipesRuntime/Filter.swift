@@ -66,6 +66,13 @@ extension Filter {
     public func shutdown() {}
 }
 
+/// A classifying filter that reports the class names it has seen so far, so that its directory shows a class
+/// directory for each as it appears (as the original httpplus did: `http/` shows `get/`, `post/`, …). Called on the
+/// control path with the graph lock held.
+public protocol ClassReporting: Filter {
+    func seenClassNames() -> [String]
+}
+
 /// What the runtime knows about a filter kind before instantiating it: its manual entry and its constructor.
 public struct FilterDescriptor: Sendable {
     public let name: String

@@ -11,8 +11,11 @@ enum SyntheticCapture {
         var bytes = 0
         var httpGets = 0
         var dotdotGets = 0
+        /// Of `httpGets`, those over IPv6 (`ip` filters keep IPv4 only).
+        var ipv6Gets = 0
         var description: String {
-            "{\"packets\": \(packets), \"bytes\": \(bytes), \"http_gets\": \(httpGets), \"http_gets_dotdot\": \(dotdotGets)}"
+            "{\"packets\": \(packets), \"bytes\": \(bytes), \"http_gets\": \(httpGets), \"http_gets_dotdot\": \(dotdotGets), "
+                + "\"http_gets_ipv6\": \(ipv6Gets)}"
         }
     }
 
@@ -117,6 +120,7 @@ enum SyntheticCapture {
                 let req = "GET \(p) HTTP/1.1\r\nHost: example.com\r\nUser-Agent: pipesfs-synth\r\n\r\n"
                 summary.httpGets += 1
                 if p.contains("..") { summary.dotdotGets += 1 }
+                if kind == 6 { summary.ipv6Gets += 1 }
                 pk.append((true, 0x18, Array(req.utf8)))
                 let body = [UInt8](repeating: UInt8(ascii: "x"), count: 200 + rng.below(3000))
                 let resp = Array("HTTP/1.1 200 OK\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
