@@ -55,7 +55,9 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         /// Direction 0: the side that opened it (sent the SYN), or the first seen.
         var key: FlowKey
         var canonical: FlowKey
-        var number: UInt32
+        /// Its number in `FlowTable.shared`, given when it first hands on bytes (0 until then: a half-open connection
+        /// costs the table nothing).
+        var number: UInt32 = 0
         var sides = (Side(), Side())
         var newer: Int32 = -1
         var older: Int32 = -1
@@ -342,7 +344,9 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
     private func emit(_ bytes: UnsafeRawBufferPointer?, _ s: Int32, _ dir: UInt32, _ marks: FlowMarks, _ from: Block) {
         let view = bytes ?? UnsafeRawBufferPointer(start: nil, count: 0)
         var b = Block(bytes: view, wireLength: view.count, seconds: from.seconds, nanoseconds: from.nanoseconds, linkType: .user)
-        b.flow = FlowTable.tag(connection: slot(s).pointee.number, direction: dir)
+        let c = slot(s)
+        if c.pointee.number == 0 { c.pointee.number = FlowTable.shared.register(c.pointee.key) }
+        b.flow = FlowTable.tag(connection: c.pointee.number, direction: dir)
         b.flowMarks = marks
         bytesOut &+= UInt64(view.count)
         if let o = owner {
@@ -372,7 +376,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
             }
             forget(o)
         }
-        let c = Connection(key: key, canonical: canonical, number: FlowTable.shared.register(key))
+        let c = Connection(key: key, canonical: canonical)
         let s: Int32
         if let f = freeSlots.popLast() {
             s = f
@@ -397,14 +401,14 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         let c = slot(s)
         finish(&c.pointee.sides.0, s, 0, block)
         finish(&c.pointee.sides.1, s, 1, block)
-        FlowTable.shared.retire(c.pointee.number)
+        if c.pointee.number != 0 { FlowTable.shared.retire(c.pointee.number) }
         c.pointee.done = true
     }
 
     /// Forgets an ended connection.
     private func forget(_ s: Int32) {
         let c = slot(s)
-        if !c.pointee.done { FlowTable.shared.retire(c.pointee.number) }
+        if !c.pointee.done && c.pointee.number != 0 { FlowTable.shared.retire(c.pointee.number) }
         index.removeValue(forKey: c.pointee.canonical)
         unlink(s)
         pendingTotal -= c.pointee.sides.0.pendingBytes + c.pointee.sides.1.pendingBytes

@@ -7,7 +7,7 @@ import PipesRuntime
 /// as tcpflow names them (`SRCIP.SPORT-DSTIP.DPORT`, zero-padded; a later connection on the same ports gets `c1`,
 /// `c2`, … appended), so results compare with tcpflow's directly. Forwards everything.
 ///
-/// Each flow's bytes gather in a buffer of 64 KiB that is written when full, when the flow ends (`.end`), and at
+/// Each flow's bytes gather in a buffer (up to 64 KiB) that is written when full, when the flow ends (`.end`), and at
 /// the end of the input. At most 256 files are open at once: the least recently written is closed and opened again
 /// (appending) when its flow goes on. Blocks without a flow tag go to `unflowed` in DIR. The writes are made by the
 /// producer's thread (a full buffer at a time); a failed write is reported once in `.errors` and counted in
@@ -21,11 +21,30 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
         var fd: Int32 = -1
         var created = false
         var failed = false
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Files.bufferSize, alignment: 64)
+        /// Grows from 4 KiB to `bufferSize` as the flow needs (most flows are a few kilobytes).
+        var buffer: UnsafeMutableRawPointer?
+        var capacity = 0
         var used = 0
         var lastUse: UInt64 = 0
         init(name: String) { self.name = name }
-        deinit { buffer.deallocate() }
+        deinit { buffer?.deallocate() }
+
+        /// Room for `n` more bytes, if the buffer can grow to hold them.
+        func reserve(_ n: Int) -> Bool {
+            if used + n <= capacity { return true }
+            if used + n > Files.bufferSize { return false }
+            var c = max(4096, capacity)
+            while c < used + n { c *= 2 }
+            c = min(c, Files.bufferSize)
+            let b = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 64)
+            if let old = buffer {
+                b.copyMemory(from: old, byteCount: used)
+                old.deallocate()
+            }
+            buffer = b
+            capacity = c
+            return true
+        }
     }
 
     private let directory: String
@@ -101,18 +120,20 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
             lostBytes &+= UInt64(bytes.count)
             return
         }
-        if f.used + bytes.count > Files.bufferSize { flush(f) }
-        if bytes.count >= Files.bufferSize {
-            write(f, bytes)
-            return
+        if !f.reserve(bytes.count) {
+            flush(f)
+            if !f.reserve(bytes.count) {
+                write(f, bytes)
+                return
+            }
         }
-        (f.buffer + f.used).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        (f.buffer! + f.used).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         f.used += bytes.count
     }
 
     private func flush(_ f: FlowFile) {
-        if f.used == 0 { return }
-        write(f, UnsafeRawBufferPointer(start: f.buffer, count: f.used))
+        guard f.used > 0, let b = f.buffer else { return }
+        write(f, UnsafeRawBufferPointer(start: b, count: f.used))
         f.used = 0
     }
 

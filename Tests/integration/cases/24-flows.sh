@@ -47,6 +47,32 @@ c=$("$PIPESFS" exec "pcapin $CAP | tcp | dport |80 untcp | http | get | match=..
 [ "$c" = "count_packets=$dotdot" ] || fail "get | match=..: $c, the generator wrote $dotdot"
 ok "SRL: $gets GET requests ($((gets - v6)) over IPv4, $dotdot with '..'), as the generator counted"
 
+# Memory stays bounded with 1 M half-open connections: past connections= (262144 by default) the idlest is
+# evicted and counted. A million SYNs from distinct addresses, written here.
+python3 - "$WORK/syn.pcap" 1000000 <<'PY'
+import struct, sys
+n = int(sys.argv[2])
+out = open(sys.argv[1], "wb")
+out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+eth = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
+buf = []
+for i in range(n):
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, i & 0xFFFF, 0, 64, 6, 0,
+                     bytes([10, (i >> 16) & 255, (i >> 8) & 255, i & 255]), b"\xc0\x00\x02\x01")
+    tcp = struct.pack("!HHIIBBHHH", 1024 + (i % 60000), 80, i, 0, 0x50, 0x02, 65535, 0, 0)
+    frame = eth + ip + tcp
+    buf.append(struct.pack("<IIII", 1700000000 + i // 1000000, i % 1000000, len(frame), len(frame)) + frame)
+    if len(buf) >= 65536:
+        out.write(b"".join(buf)); buf = []
+out.write(b"".join(buf))
+PY
+BIN="${PIPESFS_RELEASE:-$PIPESFS}"
+out=$(/usr/bin/time -f "maxrss=%M" "$BIN" exec "pcapin $WORK/syn.pcap | untcp" 2>&1)
+echo "$out" | grep -q "untcp_connections_total=1000000 untcp_evicted=737856 " || fail "1M half-open: $out"
+rss=$(echo "$out" | grep -o "maxrss=[0-9]*" | cut -d= -f2)
+[ "$rss" -lt 262144 ] || fail "1M half-open connections took $rss KB (limit 256 MB)"
+ok "1M half-open connections: 737856 evicted (counted), peak RSS $((rss / 1024)) MB"
+
 # As directories in a mount: http/ shows get/ once GETs went by.
 mount_pipes --no-rx --no-tx --source "src=pcap:$CAP,paused"
 mkdir -p "$MP/src/tcp/dport/80/untcp/http"
