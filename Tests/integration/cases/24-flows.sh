@@ -87,3 +87,12 @@ g=$(grep -c "^GET " "$WORK/heads")
 grep -q "^http_get: $gets$" "$MP/src/tcp/dport/80/untcp/http/stats" || fail "http stats: $(grep http_get "$MP/src/tcp/dport/80/untcp/http/stats")"
 ok "directories: http/all holds the $gets GET heads; http/ shows get/"
 alive
+
+# `bench flows` runs end to end (no speed asserted here; figures come from full runs, reported with the issue).
+"$PIPESFS" mkpcap "$WORK/bench.pcap" --megabytes 3 > /dev/null
+out=$("$PIPESFS" bench flows "$WORK/bench.pcap" --runs 1)
+echo "$out"
+echo "$out" | grep -q "files identical" || fail "bench flows: our files differ from tcpflow's"
+echo "$out" | grep -q "^ratio untcp (reassembly alone) vs tshark" || fail "bench flows: no ratio against tshark"
+echo "$out" | grep -q "M packets/s" || fail "bench flows: no webtap figure"
+ok "bench flows ran, files identical to tcpflow's"
