@@ -595,6 +595,7 @@ public final class Controller: @unchecked Sendable {
             if node.filter is GeneratorSource { cmds += ["start", "stop", "rate BPS"] }
             if node.filter is Count { cmds += ["reset"] }
             if node.filter is PcapOut { cmds += ["sync"] }
+            if node.filter is PortClassifier { cmds += ["seen [on|off]"] }
             if !node.isSource && space.spaces.count > 1 { cmds += ["space 0..\(space.spaces.count - 1)", "moderation THRESHOLD DELAY_US"] }
             s += "commands: \(cmds.joined(separator: ", "))\n"
             return s

@@ -20,6 +20,22 @@ struct PortsTests {
         #expect(classify(dport, Pkt.ethTCP4(dport: 65535)) == 65535)
     }
 
+    @Test("ports seen are remembered; 'seen' makes them the classes the directory shows")
+    func seen() throws {
+        let dport = try #require(try make("dport") as? PortClassifier)
+        for p: UInt16 in [443, 80, 65535, 80, 0, 22] { classify(dport, Pkt.ethTCP4(dport: p)) }
+        classify(dport, Pkt.ethARP())
+        #expect(dport.seenPorts() == [0, 22, 80, 443, 65535])
+        #expect(dport.seenClassNames().isEmpty, "not shown until asked")
+        guard case .success? = dport.control("seen", "") else { Issue.record("seen refused"); return }
+        #expect(dport.seenClassNames() == ["0", "22", "80", "443", "65535"])
+        #expect(Dictionary(uniqueKeysWithValues: dport.statistics())["ports_seen"] == "5")
+        guard case .success? = dport.control("seen", "off") else { Issue.record("seen off refused"); return }
+        #expect(dport.seenClassNames().isEmpty)
+        guard case .failure(let e)? = dport.control("seen", "maybe") else { Issue.record("seen maybe accepted"); return }
+        #expect(e.message == "seen takes 'on' (the default) or 'off', not 'maybe'")
+    }
+
     @Test("SCTP carries ports too")
     func sctp() throws {
         let frame = Pkt.ethernet(type: 0x0800, Pkt.ipv4(proto: 132, be16(2905) + be16(2906) + [0, 0, 0, 0, 0, 0, 0, 0]))

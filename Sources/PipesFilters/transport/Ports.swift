@@ -2,13 +2,61 @@ import PipesRuntime
 
 /// `sport` / `dport`: TCP, UDP and SCTP packets classified by source or destination port.
 /// Like tcpdump's `port` primitives, only first fragments carry ports.
-public final class PortClassifier: Filter {
+///
+/// It remembers which ports it has seen (a 65536-bit map: one store per packet). `echo seen > ctl` makes its
+/// directory show a class directory for each of them, as they appear (at most `maxShown`); `seen off` stops that.
+public final class PortClassifier: Filter, ClassReporting {
     let destination: Bool
+    static let maxShown = 4096
+    private let seen: UnsafeMutablePointer<UInt64> = {
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: 1024)
+        p.initialize(repeating: 0, count: 1024)
+        return p
+    }()
+    private var showing = false
+
     init(destination: Bool) { self.destination = destination }
+    deinit { seen.deallocate() }
+
     @inline(__always)
     public func process(_ block: inout Block) -> UInt32 {
         guard let p = block.ports() else { return 0 }
-        return UInt32(destination ? p.destination : p.source)
+        let port = destination ? p.destination : p.source
+        seen[Int(port >> 6)] |= 1 << UInt64(port & 63)
+        return UInt32(port)
+    }
+
+    /// The ports seen so far, ascending.
+    public func seenPorts(limit: Int = Int.max) -> [UInt16] {
+        var out: [UInt16] = []
+        for w in 0..<1024 where seen[w] != 0 {
+            var bits = seen[w]
+            while bits != 0 && out.count < limit {
+                out.append(UInt16(w * 64 + bits.trailingZeroBitCount))
+                bits &= bits - 1
+            }
+        }
+        return out
+    }
+
+    public func seenClassNames() -> [String] {
+        showing ? seenPorts(limit: PortClassifier.maxShown).map { String($0) } : []
+    }
+
+    public func control(_ command: String, _ argument: String) -> Result<Void, FilterError>? {
+        guard command == "seen" else { return nil }
+        switch argument {
+        case "", "on": showing = true
+        case "off": showing = false
+        default: return .failure(FilterError("seen takes 'on' (the default) or 'off', not '\(argument)'"))
+        }
+        return .success(())
+    }
+
+    public func statistics() -> [(String, String)] {
+        var n = 0
+        for w in 0..<1024 { n += seen[w].nonzeroBitCount }
+        return [("ports_seen", "\(n)"), ("showing_seen", showing ? "yes" : "no")]
     }
 
     public static let serviceNames: [String: UInt32] = [

@@ -86,6 +86,13 @@ g=$(grep -c "^GET " "$WORK/heads")
 [ "$g" = "$gets" ] || fail "http/all holds $g GET heads, the generator wrote $gets"
 grep -q "^http_get: $gets$" "$MP/src/tcp/dport/80/untcp/http/stats" || fail "http stats: $(grep http_get "$MP/src/tcp/dport/80/untcp/http/stats")"
 ok "directories: http/all holds the $gets GET heads; http/ shows get/"
+# dport lists the ports it saw when asked through ctl.
+ls "$MP/src/tcp/dport" | grep -qx 443 && fail "dport/443 before 'seen'"
+echo seen > "$MP/src/tcp/dport/ctl"
+ls "$MP/src/tcp/dport" > "$WORK/ports"  # (not piped into grep -q: ls would die of SIGPIPE under pipefail)
+for p in 22 80 443; do grep -qx "$p" "$WORK/ports" || fail "dport/ does not show $p after 'seen': $(head "$WORK/ports")"; done
+[ "$(cat "$MP/src/tcp/dport/443/stats" | grep -c .)" -gt 0 ] || fail "dport/443 has no stats"
+ok "dport/ shows the ports it saw after 'echo seen > ctl'"
 alive
 
 # `bench flows` runs end to end (no speed asserted here; figures come from full runs, reported with the issue).
