@@ -33,6 +33,7 @@ func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
         case "match": args = "GET"
         case "intersect": args = "2"
         case "pcapout": args = pcapOutPath
+        case "sample": args = "3"
         default: args = ""
         }
         out.append((d.name, try d.make(args)))
