@@ -34,6 +34,7 @@ func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
         case "intersect": args = "2"
         case "pcapout": args = pcapOutPath
         case "sample": args = "3"
+        case "regex": args = "^(GET|POST) |HTTP/1\\.[01]|\\x00\\xff"
         default: args = ""
         }
         out.append((d.name, try d.make(args)))
@@ -59,6 +60,7 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
     let match = filters.first { $0.0 == "match" }!.1
     let inspect = filters.first { $0.0 == "inspect" }!.1
     let inspectBuffer = (inspect as! Inspect).buffer
+    let regex = filters.first { $0.0 == "regex" }!.1
 
     var records = 0
     var forwardedByCount = 0
@@ -99,7 +101,7 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
         // A chain: the payload, then a match in it.
         var chained = block()
         if payload.process(&chained) != 0 { _ = match.process(&chained) }
-        // A chain on user data: the payload as a line.
+        // Chains on user data: the payload as a line; a regex over the packet's line.
         var text = block()
         if payload.process(&text) != 0 {
             let c = inspect.process(&text)
@@ -107,6 +109,8 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
                 problems.append("payload/inspect, record \(records): \(problem)")
             }
         }
+        var line = block()
+        if inspect.process(&line) != 0 { _ = regex.process(&line) }
     }
     for (_, f) in filters { f.shutdown() }
     if forwardedByCount != records { problems.append("count forwarded \(forwardedByCount) of \(records)") }
