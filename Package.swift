@@ -24,6 +24,7 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CPcap", pkgConfig: "libpcap", providers: [.apt(["libpcap-dev"])]),
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(name: "CPcre2", pkgConfig: "libpcre2-8", providers: [.apt(["libpcre2-dev"])]),
         // §5 the ring ABI: one C header for the runtime, the client library and the kernel module.
         .target(name: "PipesRingABI"),
         // The baselines `pipesfs bench ipc` measures against (a minimal SPSC ring, pipe loops), in C.
@@ -36,7 +37,10 @@ let package = Package(
         .target(name: "PipesRuntime", dependencies: ["PipesBuffering", "PipesRingABI"], swiftSettings: hotPath),
         .target(name: "PipesSRL"),
         // §6.1 the filter library, one file per filter.
-        .target(name: "PipesFilters", dependencies: ["PipesRuntime", "PipesBuffering", "PipesRingABI", "CPcap", "CPipesBPF", "CURing"], swiftSettings: hotPath),
+        .target(
+            name: "PipesFilters",
+            dependencies: ["PipesRuntime", "PipesBuffering", "PipesRingABI", "CPcap", "CPipesBPF", "CURing", "CPcre2"],
+            swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.
         .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters", "PipesBuffering", "PipesSRL"]),
         // §4.1 the graph as a node tree (no FUSE types; unit-testable without a mount).

@@ -593,7 +593,7 @@ public final class Controller: @unchecked Sendable {
             var cmds = node.isSource || node.isClassSelection || node.filter is any InputInjectable ? [] : ["args TEXT"]
             if node.filter is PcapFileSource { cmds += ["start", "stop", "rewind", "rate PPS"] }
             if node.filter is GeneratorSource { cmds += ["start", "stop", "rate BPS"] }
-            if node.filter is Count { cmds += ["reset"] }
+            if node.filter is Count || node.filter is Histogram { cmds += ["reset"] }
             if node.filter is PcapOut { cmds += ["sync"] }
             if node.filter is PortClassifier { cmds += ["seen [on|off]"] }
             if !node.isSource && space.spaces.count > 1 { cmds += ["space 0..\(space.spaces.count - 1)", "moderation THRESHOLD DELAY_US"] }

@@ -7,6 +7,7 @@ public enum FilterLibrary {
         TCP.descriptor, UDP.descriptor, ICMP.descriptor, SPort.descriptor, DPort.descriptor,
         BPF.descriptor, Count.descriptor, Match.descriptor, Payload.descriptor, PcapOut.descriptor, UnTCP.descriptor, Files.descriptor, HTTP.descriptor, Get.descriptor,
         Union.descriptor, Intersect.descriptor, Difference.descriptor, Veto.descriptor,
+        Dedup.descriptor, Sample.descriptor, Histogram.descriptor, Inspect.descriptor, RegexMatch.descriptor,
     ]
 
     /// Sources, named by the scheme of a `--source NAME=SCHEME:SPEC` option.

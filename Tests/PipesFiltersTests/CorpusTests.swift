@@ -34,6 +34,8 @@ func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
         case "intersect": args = "2"
         case "pcapout": args = pcapOutPath
         case "files": args = pcapOutPath + "-files"
+        case "sample": args = "3"
+        case "regex": args = "^(GET|POST) |HTTP/1\\.[01]|\\x00\\xff"
         default: args = ""
         }
         out.append((d.name, try d.make(args)))
@@ -79,6 +81,9 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
     }
     let payload = filters.first { $0.0 == "payload" }!.1
     let match = filters.first { $0.0 == "match" }!.1
+    let inspect = filters.first { $0.0 == "inspect" }!.1
+    let inspectBuffer = (inspect as! Inspect).buffer
+    let regex = filters.first { $0.0 == "regex" }!.1
 
     var records = 0
     var forwardedByCount = 0
@@ -97,6 +102,13 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
             var b = block()
             let c = f.process(&b)
             if fname == "count" && c != 0 { forwardedByCount += 1 }
+            if let inspect = f as? Inspect {
+                // A rewriting filter: its view is one line of printable text in its own buffer.
+                if let problem = checkLine(b, c, in: inspect.buffer) {
+                    problems.append("inspect, record \(records): \(problem)")
+                }
+                continue
+            }
             // Whatever a filter left in the block must still be inside the captured bytes.
             if b.count > 0, let base = bytes.baseAddress, let nb = b.bytes.baseAddress,
                nb < base || nb + b.count > base + bytes.count {
@@ -112,6 +124,16 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
         // A chain: the payload, then a match in it.
         var chained = block()
         if payload.process(&chained) != 0 { _ = match.process(&chained) }
+        // Chains on user data: the payload as a line; a regex over the packet's line.
+        var text = block()
+        if payload.process(&text) != 0 {
+            let c = inspect.process(&text)
+            if let problem = checkLine(text, c, in: inspectBuffer) {
+                problems.append("payload/inspect, record \(records): \(problem)")
+            }
+        }
+        var line = block()
+        if inspect.process(&line) != 0 { _ = regex.process(&line) }
     }
     untcp.endOfStream()
     for (_, f) in filters { f.shutdown() }
@@ -122,6 +144,20 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
     if let e = r.openError { problems.append("pcapout wrote a file libpcap refuses: \(e)") }
     if copy.count != records { problems.append("pcapout copy has \(copy.count) of \(records) records") }
     return problems
+}
+
+/// What is wrong with a line `inspect` made (class `c`, the block `b`), or nil: it must be forwarded, lie in the
+/// filter's buffer, have link type user, and be printable ASCII ending in its only newline.
+func checkLine(_ b: Block, _ c: UInt32, in buffer: UnsafeRawBufferPointer) -> String? {
+    if c == 0 { return "dropped the block" }
+    guard let nb = b.bytes.baseAddress, let base = buffer.baseAddress, nb >= base, nb + b.count <= base + buffer.count
+    else { return "the view is not in its buffer" }
+    if b.linkType != .user || b.wireLength != b.count { return "link type \(b.linkType), wire length \(b.wireLength)" }
+    let text = Array(b.bytes)
+    guard text.last == 10, text.dropLast().allSatisfy({ (0x20...0x7E).contains($0) }) else {
+        return "not one printable line: \(String(decoding: text, as: UTF8.self).debugDescription)"
+    }
+    return nil
 }
 
 /// `runEveryFilter` in a child process: writes each problem to standard error, then exits (1 if there were any).

@@ -33,7 +33,7 @@ struct RequestPlanTests {
     }
 
     @Test("refusals carry the position of the offending name or selector", arguments: [
-        ("rx | ip | http", "1:11", "unknown filter 'http'"),
+        ("rx | ip | mpeg", "1:11", "unknown filter 'mpeg'"),
         ("rx | ip | tcp | dport |htp count", "1:24", "unknown class name 'htp' in 'htp' (after dport)"),
         ("rx | ip |80 tcp", "1:10", "'ip' does not classify"),
         ("rx | ip | rx", "1:11", "'rx' is a source: nothing can feed it"),
