@@ -541,16 +541,17 @@ public final class AhoCorasick: Filter {
             }
         }
 
-        // Renumber: states with no output first (the root stays 0), then those with one.
+        // Renumber: states with no output first (the root stays 0), then those with one; each group breadth first, so
+        // the shallow states, where a scan spends most of its bytes, lie together.
         var number = [UInt32](repeating: 0, count: states)
-        var plain = 0
-        for s in 0..<states where out[s] == 0 {
-            number[s] = UInt32(plain)
+        var plain = 1
+        for s in queue where out[Int(s)] == 0 {
+            number[Int(s)] = UInt32(plain)
             plain += 1
         }
         var withOutput = plain
-        for s in 0..<states where out[s] != 0 {
-            number[s] = UInt32(withOutput)
+        for s in queue where out[Int(s)] != 0 {
+            number[Int(s)] = UInt32(withOutput)
             withOutput += 1
         }
         let table = UnsafeMutablePointer<UInt32>.allocate(capacity: states * stride)
