@@ -37,7 +37,7 @@ struct MakePcap: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print a ratio against a baseline measured in the same run.",
-        subcommands: [PipelineBench.self, IPCBench.self, TapBench.self, ScaleBench.self, FanoutBench.self, SpliceBench.self, SpacesBench.self, ControlBench.self, ExecBench.self, FlowBench.self, IPCPeer.self])
+        subcommands: [PipelineBench.self, IPCBench.self, TapBench.self, ScaleBench.self, FanoutBench.self, SpliceBench.self, SpacesBench.self, ControlBench.self, ExecBench.self, FlowBench.self, ACBench.self, IPCPeer.self])
 }
 
 /// Runs a spawned command, returns (exit status, seconds).

@@ -31,6 +31,7 @@ func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
         switch d.name {
         case "bpf": args = "tcp port 80 or udp or icmp or ip6"
         case "match": args = "GET"
+        case "ac": args = "GET,HTTP/1.,\\x00\\x00\\x00\\x00 nocase flows=64"
         case "intersect": args = "2"
         case "pcapout": args = pcapOutPath
         case "files": args = pcapOutPath + "-files"
@@ -57,15 +58,18 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
     defer { pcap_close(h) }
     let linkType = LinkType(rawValue: pcap_datalink(h))
     for (_, f) in filters { try? f.attach(streamLinkType: linkType) }
-    // What defrag and untcp hand on goes on down a chain, defrag → untcp → files, checked on the way.
+    // What defrag and untcp hand on goes on down a chain, defrag → untcp → ac and files, checked on the way.
     let untcp = filters.first { $0.0 == "untcp" }!.1 as! UnTCP
     let defrag = filters.first { $0.0 == "defrag" }!.1 as! Defrag
     let files = filters.first { $0.0 == "files" }!.1
+    let ac = filters.first { $0.0 == "ac" }!.1
     var handedOn = 0
     untcp.unboundOutput = { b in
         var copy = b
         handedOn += 1
         if copy.linkType != .user || copy.flow == 0 { problems.append("untcp handed on a block without its flow") }
+        var scanned = b
+        _ = ac.process(&scanned)
         _ = files.process(&copy)
     }
     defrag.unboundOutput = { b in

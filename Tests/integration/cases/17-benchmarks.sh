@@ -55,3 +55,11 @@ echo "$out"
 echo "$out" | grep -q "outputs identical" || fail "bench exec: outputs differ"
 echo "$out" | grep -q "records identical" || fail "bench exec: the C floor loop wrote other records than tcpdump"
 ok "bench exec wrote what tcpdump writes"
+
+# `bench ac`: the ac filter against grep -F -c on generated text; it fails unless both count the same lines.
+for n in 100 1000; do
+    out=$("$PIPESFS" bench ac --megabytes 4 --patterns $n --runs 1)
+    echo "$out"
+    echo "$out" | grep -q "counts equal" || fail "bench ac --patterns $n: line counts differ from grep -F -c"
+done
+ok "bench ac counted the lines grep -F counts"
