@@ -5,7 +5,7 @@ public enum FilterLibrary {
     public static let filters: [FilterDescriptor] = [
         Eth.descriptor, IP.descriptor, IP6.descriptor, IPProto.descriptor, Defrag.descriptor,
         TCP.descriptor, UDP.descriptor, ICMP.descriptor, SPort.descriptor, DPort.descriptor,
-        BPF.descriptor, Count.descriptor, Match.descriptor, Payload.descriptor, PcapOut.descriptor, UnTCP.descriptor, Pcap.descriptor, Files.descriptor,
+        BPF.descriptor, Count.descriptor, Match.descriptor, Payload.descriptor, PcapOut.descriptor, UnTCP.descriptor, Pcap.descriptor, Compress.descriptor, Files.descriptor,
         Union.descriptor, Intersect.descriptor, Difference.descriptor, Veto.descriptor,
     ]
 
