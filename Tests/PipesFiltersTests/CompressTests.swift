@@ -116,7 +116,10 @@ func interleavedCapture(connections: Int, seed: UInt64) -> (frames: [(bytes: [UI
     var expected: [String: [PcapRecord]] = [:]
     var next = [Int](repeating: 0, count: connections)
     var i = 0
-    while let k = (0..<connections).filter({ next[$0] < queues[$0].count }).randomElement(using: &rng) {
+    while true {
+        let open = (0..<connections).filter { next[$0] < queues[$0].count }
+        if open.isEmpty { break }
+        let k = open[rng.below(open.count)]
         let (bytes, fromClient) = queues[k][next[k]]
         next[k] += 1
         let seconds = Int64(1_700_000_000 + i), nanos = Int32(i * 1000 + 999)
@@ -128,8 +131,6 @@ func interleavedCapture(connections: Int, seed: UInt64) -> (frames: [(bytes: [UI
     }
     return (frames, expected)
 }
-
-extension SplitMix: RandomNumberGenerator {}
 
 @Suite("compress")
 struct CompressTests {
