@@ -25,6 +25,8 @@ let package = Package(
         .systemLibrary(name: "CPcap", pkgConfig: "libpcap", providers: [.apt(["libpcap-dev"])]),
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
         .systemLibrary(name: "CPcre2", pkgConfig: "libpcre2-8", providers: [.apt(["libpcre2-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         // §5 the ring ABI: one C header for the runtime, the client library and the kernel module.
         .target(name: "PipesRingABI"),
         // The baselines `pipesfs bench ipc` measures against (a minimal SPSC ring, pipe loops), in C.
@@ -39,7 +41,7 @@ let package = Package(
         // §6.1 the filter library, one file per filter.
         .target(
             name: "PipesFilters",
-            dependencies: ["PipesRuntime", "PipesBuffering", "PipesRingABI", "CPcap", "CPipesBPF", "CURing", "CPcre2"],
+            dependencies: ["PipesRuntime", "PipesBuffering", "PipesRingABI", "CPcap", "CPipesBPF", "CURing", "CPcre2", "CZlib", "CZstd"],
             swiftSettings: hotPath),
         // §7 control: validated, undoable changes to the graph.
         .target(name: "PipesControl", dependencies: ["PipesRuntime", "PipesFilters", "PipesBuffering", "PipesSRL"]),
@@ -63,7 +65,7 @@ let package = Package(
         .testTarget(name: "PipesRuntimeTests", dependencies: ["PipesRuntime", "PipesBuffering", "PipesTestSupport"]),
         .testTarget(name: "PipesSRLTests", dependencies: ["PipesSRL"]),
         .testTarget(
-            name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap", "PipesTestSupport", "PipesSRL"],
+            name: "PipesFiltersTests", dependencies: ["PipesFilters", "PipesRuntime", "PipesControl", "CPcap", "CZlib", "CZstd", "PipesTestSupport", "PipesSRL"],
             resources: [.copy("Resources")]
         ),
         .testTarget(name: "PipesFSTests", dependencies: ["PipesFS", "PipesControl", "PipesFilters", "PipesRuntime", "PipesBuffering", "PipesTestSupport"]),

@@ -5,7 +5,7 @@ public enum FilterLibrary {
     public static let filters: [FilterDescriptor] = [
         Eth.descriptor, IP.descriptor, IP6.descriptor, IPProto.descriptor, Defrag.descriptor,
         TCP.descriptor, UDP.descriptor, ICMP.descriptor, SPort.descriptor, DPort.descriptor,
-        BPF.descriptor, Count.descriptor, Match.descriptor, AhoCorasick.descriptor, Payload.descriptor, PcapOut.descriptor, UnTCP.descriptor, Files.descriptor, HTTP.descriptor, Get.descriptor,
+        BPF.descriptor, Count.descriptor, Match.descriptor, AhoCorasick.descriptor, Payload.descriptor, PcapOut.descriptor, UnTCP.descriptor, Pcap.descriptor, Compress.descriptor, Files.descriptor, HTTP.descriptor, Get.descriptor,
         Union.descriptor, Intersect.descriptor, Difference.descriptor, Veto.descriptor,
         Dedup.descriptor, Sample.descriptor, Histogram.descriptor, Inspect.descriptor, RegexMatch.descriptor,
     ]

@@ -37,6 +37,8 @@ func everyFilter(pcapOutPath: String) throws -> [(String, any Filter)] {
         case "files": args = pcapOutPath + "-files"
         case "sample": args = "3"
         case "regex": args = "^(GET|POST) |HTTP/1\\.[01]|\\x00\\xff"
+        case "pcap": args = "flows connections=64"
+        case "compress": args = "zstd:1 streams=8"
         default: args = ""
         }
         out.append((d.name, try d.make(args)))
@@ -83,6 +85,22 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] { unlink(dir + "/" + name) }
         rmdir(dir)
     }
+    // pcap flows → compress on a chain of their own: every packet becomes a record of its connection's capture, and
+    // each flow's compressed stream gives that capture back exactly.
+    guard let chainPcap = try? FilterLibrary.byName["pcap"]!.make("flows connections=16") as? Pcap,
+          let chainCompress = try? FilterLibrary.byName["compress"]!.make("gzip:1 streams=4") as? Compress else {
+        return ["cannot make the pcap → compress chain"]
+    }
+    var wrapped: [UInt32: [UInt8]] = [:], compressed: [UInt32: [UInt8]] = [:]
+    chainPcap.unboundOutput = { b in
+        var copy = b
+        wrapped[b.flow, default: []] += Array(b.bytes)
+        _ = chainCompress.process(&copy)
+    }
+    chainCompress.unboundOutput = { b in
+        if b.linkType != .user { problems.append("compress handed on a block of link type \(b.linkType)") }
+        compressed[b.flow, default: []] += Array(b.bytes)
+    }
     let payload = filters.first { $0.0 == "payload" }!.1
     let match = filters.first { $0.0 == "match" }!.1
     let inspect = filters.first { $0.0 == "inspect" }!.1
@@ -125,6 +143,8 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
             problems.append("record \(records): ports outside the packet")
         }
         if b.payloadBytes().count > bytes.count { problems.append("record \(records): payload longer than the packet") }
+        var wrap = block()
+        _ = chainPcap.process(&wrap)
         // A chain: the payload, then a match in it.
         var chained = block()
         if payload.process(&chained) != 0 { _ = match.process(&chained) }
@@ -140,6 +160,20 @@ func runEveryFilter(over path: String, outPath: String) -> [String] {
         if inspect.process(&line) != 0 { _ = regex.process(&line) }
     }
     untcp.endOfStream()
+    chainPcap.endOfStream()
+    chainCompress.endOfStream()
+    var wrappedRecords = 0
+    for (flow, stream) in wrapped {
+        if gunzip(compressed[flow] ?? [])?.bytes != stream { problems.append("compress: flow \(flow) does not decompress to its bytes") }
+        // The stream: a file header, then records; count them.
+        var at = 24
+        while at + 16 <= stream.count {
+            at += 16 + stream.withUnsafeBytes { Int($0.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self)) }
+            wrappedRecords += 1
+        }
+        if stream.count < 24 || at != stream.count { problems.append("pcap: flow \(flow) is not a header and whole records") }
+    }
+    if wrappedRecords != records { problems.append("pcap wrapped \(wrappedRecords) of \(records) records") }
     for (_, f) in filters { f.shutdown() }
     if forwardedByCount != records { problems.append("count forwarded \(forwardedByCount) of \(records)") }
 

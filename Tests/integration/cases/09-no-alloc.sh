@@ -4,7 +4,7 @@
 # posix_memalign, aligned_alloc, memalign) and ../arc-count.c (swift_retain, swift_release through the Swift
 # runtime). Startup and shutdown cost the same for both captures, so the difference is what the extra packets cost.
 # Chains: ip/tcp/dport/80/count; the same split over two execution spaces at tcp (every packet crosses a channel);
-# bpf and pcapout (a tap queue and the writer).
+# bpf and pcapout (a tap queue and the writer); pcap and compress (blocks of their own, from their buffers).
 # NOALLOC_MAX_PERMILLE (default 1, i.e. 0.1%) bounds extra allocations per extra packet, in thousandths;
 # NOARC_MAX_PERMILLE (default 100) bounds extra retains per extra packet (per batch of up to 256 packets a few
 # are fine; one per packet is 1000). Reference counting is only meaningful in an optimized build: the retains are
@@ -78,3 +78,6 @@ BIN=$RELEASE ARCS=1
 check chain
 check two-spaces --cross-at=2
 check bpf-pcapout --chain "bpf=tcp dst port 80/pcapout=out.pcap"
+# Rewriting filters that hand on blocks of their own: pcap's records from its scratch buffer, compress's output
+# buffer and one zstd stream (untagged packets are one flow; per-flow state is allowed to cost per flow).
+check pcap-compress --chain "ip/tcp/pcap/compress=zstd/count"
