@@ -375,7 +375,8 @@ public final class Controller: @unchecked Sendable {
         var selector = n.selector
         if n.isClassSelection {
             guard let np = newParent, np.descriptor.classifying else {
-                throw fail(op, ControlError(EINVAL, "a class selection belongs below a classifying filter (dport, sport, ipproto, eth)"))
+                let names = library.values.filter(\.classifying).map(\.name).sorted().joined(separator: ", ")
+                throw fail(op, ControlError(EINVAL, "a class selection belongs below a classifying filter (\(names))"))
             }
             do { selector = try ClassSelector.parse(newName, names: np.descriptor.classNames) } catch {
                 throw fail(op, ControlError(EINVAL, error.message))
