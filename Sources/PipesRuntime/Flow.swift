@@ -142,37 +142,38 @@ public final class FlowTable: @unchecked Sendable {
 
     /// A new connection whose direction 0 is `key`: returns its number (never 0; wraps after 2^31 - 1).
     public func register(_ key: FlowKey) -> UInt32 {
-        lock.withLock {
-            var c = nextConnection
-            while live[c] != nil || c == 0 { c = c &+ 1 & 0x7FFF_FFFF }
-            nextConnection = (c &+ 1) & 0x7FFF_FFFF
-            live[c] = key
-            return c
-        }
+        // lock()/unlock() rather than withLock: no closure context to retain, once per connection.
+        lock.lock()
+        defer { lock.unlock() }
+        var c = nextConnection
+        while live[c] != nil || c == 0 { c = c &+ 1 & 0x7FFF_FFFF }
+        nextConnection = (c &+ 1) & 0x7FFF_FFFF
+        live[c] = key
+        return c
     }
 
     /// The connection ended: it stays known among the last `retainedEnded` ended ones.
     public func retire(_ connection: UInt32) {
-        lock.withLock {
-            guard let k = live.removeValue(forKey: connection) else { return }
-            if endedOrder.count < FlowTable.retainedEnded {
-                endedOrder.append(connection)
-            } else {
-                ended.removeValue(forKey: endedOrder[endedNext])
-                endedOrder[endedNext] = connection
-                endedNext = (endedNext + 1) % FlowTable.retainedEnded
-            }
-            ended[connection] = k
+        lock.lock()
+        defer { lock.unlock() }
+        guard let k = live.removeValue(forKey: connection) else { return }
+        if endedOrder.count < FlowTable.retainedEnded {
+            endedOrder.append(connection)
+        } else {
+            ended.removeValue(forKey: endedOrder[endedNext])
+            endedOrder[endedNext] = connection
+            endedNext = (endedNext + 1) % FlowTable.retainedEnded
         }
+        ended[connection] = k
     }
 
     /// What `tag` stands for, or nil if it was never registered or ended too long ago.
     public func info(_ tag: UInt32) -> FlowInfo? {
-        lock.withLock {
-            let c = tag >> 1
-            guard let k = live[c] ?? ended[c] else { return nil }
-            return FlowInfo(key: tag & 1 == 0 ? k : k.reversed, tag: tag)
-        }
+        lock.lock()
+        defer { lock.unlock() }
+        let c = tag >> 1
+        guard let k = live[c] ?? ended[c] else { return nil }
+        return FlowInfo(key: tag & 1 == 0 ? k : k.reversed, tag: tag)
     }
 
     /// Connections registered and not retired.
