@@ -184,8 +184,17 @@ public final class Tree: @unchecked Sendable {
     }
 
     public func lookup(_ parent: UInt64, _ name: String) throws(FSError) -> Attributes {
-        offerClasses(parent)
-        return try controller.withLock { () throws(FSError) -> Attributes in
+        do {
+            return try lookupOnce(parent, name)
+        } catch where error.errno == ENOENT {
+            // A class directory the filter has reported but nobody listed yet (`cd http/get` before `ls http`).
+            offerClasses(parent)
+            return try lookupOnce(parent, name)
+        }
+    }
+
+    private func lookupOnce(_ parent: UInt64, _ name: String) throws(FSError) -> Attributes {
+        try controller.withLock { () throws(FSError) -> Attributes in
             let dir = try directory(parent)
             if dir == nil {
                 if name == ".errors" { return attributes(.errors, errorsInode) }

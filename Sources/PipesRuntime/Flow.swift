@@ -31,8 +31,8 @@ public struct FlowAddress: Hashable, Sendable {
         }
     }
 
-    /// The address in tcpflow's file-name form: IPv4 as four zero-padded decimal bytes (`010.000.000.001`), IPv6 as
-    /// eight zero-padded hexadecimal groups joined by `:` (tcpflow's `inet_ntop` form is not padded; see `FlowInfo`).
+    /// The address in tcpflow's file-name form: IPv4 as four zero-padded decimal bytes (`010.000.000.001`), IPv6 in
+    /// its RFC 5952 short form (`2001:db8::1`, what tcpflow's `inet_ntop` gives).
     public func tcpflowText(v6: Bool) -> String {
         if !v6 {
             return (0..<4).map { i in
@@ -146,7 +146,7 @@ public final class FlowTable: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         var c = nextConnection
-        while live[c] != nil || c == 0 { c = c &+ 1 & 0x7FFF_FFFF }
+        while live[c] != nil || c == 0 { c = (c &+ 1) & 0x7FFF_FFFF }
         nextConnection = (c &+ 1) & 0x7FFF_FFFF
         live[c] = key
         return c

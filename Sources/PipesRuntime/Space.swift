@@ -459,7 +459,9 @@ public final class Space: @unchecked Sendable {
             memo[ObjectIdentifier(n)] = r
             return r
         }
-        flushEnding(ended)
+        // What the flushes handed on may sit in channels to other spaces now: what ended is computed again, so a
+        // node fed through such a channel ends only once it drained it.
+        flushEnding(ended) { memo.removeAll(keepingCapacity: true) }
         var liveMemo: [ObjectIdentifier: Bool] = [:]
         func live(_ n: Node) -> Bool {
             if let m = liveMemo[ObjectIdentifier(n)] { return m }
@@ -502,20 +504,30 @@ public final class Space: @unchecked Sendable {
 
     /// Filters that hold blocks back (`FlushingFilter`) and whose inputs all ended hand on what they hold, before
     /// anything below them is marked ended: upstream ones first, each once per end of its input. Lock held.
-    private func flushEnding(_ ended: (Node) -> Bool) {
+    @discardableResult
+    private func flushEnding(_ ended: (Node) -> Bool, recompute: () -> Void) -> Bool {
+        // Depth: the longest path from a root, so a node comes after everything that can feed it (links too).
+        var depths: [ObjectIdentifier: Int] = [:]
+        func depth(_ n: Node) -> Int {
+            if let d = depths[ObjectIdentifier(n)] { return d }
+            depths[ObjectIdentifier(n)] = 0  // cycle guard (the graph is acyclic; be safe)
+            let d = 1 + (n.inputs.map { depth($0) }.max() ?? 0)
+            depths[ObjectIdentifier(n)] = d
+            return d
+        }
         var due: [(depth: Int, node: Node, filter: any FlushingFilter)] = []
         for n in nodes.values where !n.ended {
             guard let f = n.filter as? any FlushingFilter, ended(n) else { continue }
-            var depth = 0
-            var seen: Set<ObjectIdentifier> = []
-            var frontier = n.inputs
-            while !frontier.isEmpty && depth < nodes.count {
-                depth += 1
-                frontier = frontier.flatMap { $0.inputs }.filter { seen.insert(ObjectIdentifier($0)).inserted }
-            }
-            due.append((depth, n, f))
+            due.append((depth(n), n, f))
         }
+        var flushed = false
         for d in due.sorted(by: { $0.depth < $1.depth }) {
+            // What an upstream flush handed on may be in a channel into this node's space: not ended yet, then.
+            if flushed {
+                recompute()
+                if !ended(d.node) { continue }
+            }
+            flushed = true
             let b = Batch()
             d.node.home.asProducer(b) { d.filter.endOfStream() }
             // Readers of what it handed on are woken now (as `endOfStream` of a tap does, lock held); channels into
@@ -523,6 +535,8 @@ public final class Space: @unchecked Sendable {
             for r in b.wake { r.serviceWaiters() }
             for r in b.congested { r.serviceWaiters() }
         }
+        if flushed { recompute() }
+        return flushed
     }
 }
 

@@ -196,6 +196,44 @@ struct UnTCPTests {
         #expect(Dictionary(uniqueKeysWithValues: f.statistics())["untcp_connections_total"] == "2")
     }
 
+    @Test("a FIN behind a gap that never fills: a SYN with another ISN on the ports ends it and starts a new one")
+    func reuseAfterStuckFin() throws {
+        let f = try make()
+        let s = Streams()
+        s.attach(f)
+        let old = Conversation(client: 1000, server: 2000)
+        classify(f, old.syn())
+        // Bytes 0..<100 never come; 100..<200 arrive with the FIN: held behind the gap.
+        classify(f, old.data(fromClient: true, at: 100, [UInt8](repeating: 7, count: 100), flags: 0x19))
+        #expect(s.blocks == 0)
+        let new = Conversation(client: 90_000, server: 3000)
+        feed(f, [new.syn(), new.data(fromClient: true, at: 0, [1, 2, 3])])
+        #expect(s.tags.count == 2, "the old connection's direction and the new one's")
+        let (t0, t1) = (s.tags[0], s.tags[1])
+        #expect(s.bytes[t0] == [UInt8](repeating: 7, count: 100) && s.marks[t0]?.last == .end, "the old one: its gap skipped, ended")
+        #expect(s.bytes[t1] == [1, 2, 3])
+        let stats = Dictionary(uniqueKeysWithValues: f.statistics())
+        #expect(stats["untcp_gaps"] == "1" && stats["untcp_gap_bytes"] == "100")
+    }
+
+    @Test("at the end of the input, what goes on carries its connection's last timestamp")
+    func endOfInputTimestamps() throws {
+        let f = try make()
+        var stamps: [(Int64, FlowMarks)] = []
+        f.unboundOutput = { b in stamps.append((b.seconds, b.flowMarks)) }
+        let c = Conversation(client: 5, server: 6)
+        for (i, fr) in [c.syn(), c.data(fromClient: true, at: 10, [9, 9])].enumerated() {
+            fr.withUnsafeBytes { raw in
+                var b = Block(bytes: raw, seconds: 1_700_000_000 + Int64(i), linkType: .ethernet)
+                _ = f.process(&b)
+            }
+        }
+        #expect(stamps.isEmpty)
+        f.endOfStream()
+        #expect(stamps.map(\.0) == [1_700_000_001, 1_700_000_001])
+        #expect(stamps.map(\.1) == [.start, .end])
+    }
+
     @Test("IPv6 connections reassemble and are named as tcpflow names them")
     func ipv6() throws {
         let f = try make()

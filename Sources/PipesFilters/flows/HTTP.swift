@@ -11,7 +11,7 @@ import PipesRuntime
 /// flow's buffer (at most `HTTP.maxHead` bytes: longer heads are counted in `http_oversized` and the flow is
 /// given up on). A flow whose bytes do not start like an HTTP message is given up on (`http_not_http`) until its
 /// end. Responses to HEAD, 1xx, 204 and 304 carry no body. At most 65536 flows are followed; past that the
-/// one seen least recently is forgotten (`http_evicted`).
+/// one that started first is forgotten (`http_evicted`).
 public final class HTTP: SpaceBoundFilter, ClassReporting {
     public static let maxHead = 16 << 10
     static let maxFlows = 1 << 16
@@ -32,6 +32,8 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
         /// The part of a head cut across blocks.
         var head: [UInt8] = []
         var lastUse: UInt64 = 0
+        /// When it was made (tells it from a later flow with the same tag in the eviction queue).
+        var born: UInt64 = 0
         /// The part of a chunk-size or trailer line cut across blocks.
         var line: [UInt8] = []
     }
@@ -41,6 +43,8 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
     /// to HEAD is known to have no body.
     private var pendingMethods: [UInt32: [UInt32]] = [:]
     private var clock: UInt64 = 0
+    private var order: [(UInt32, UInt64)] = []
+    private var orderHead = 0
     private var owner: Unmanaged<Node>?
     private var handedOn = 0
     /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
@@ -72,19 +76,34 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
             f = known
         } else {
             if bytes.isEmpty { return 0 }
-            if flows.count >= HTTP.maxFlows, let old = flows.min(by: { $0.value.lastUse < $1.value.lastUse }) {
-                flows.removeValue(forKey: old.key)
-                evicted &+= 1
+            // Past the limit the flow that started first goes (a queue of the tags in the order they came; tags that
+            // ended since are skipped as they come up).
+            while flows.count >= HTTP.maxFlows, orderHead < order.count {
+                let (tag, born) = order[orderHead]
+                orderHead += 1
+                if let old = flows[tag], old.born == born {
+                    flows.removeValue(forKey: tag)
+                    pendingMethods.removeValue(forKey: tag >> 1)
+                    evicted &+= 1
+                }
             }
+            if orderHead > 4096 && orderHead * 2 > order.count {
+                order.removeFirst(orderHead)
+                orderHead = 0
+            }
+            clock &+= 1
             f = Flow()
+            f.born = clock
             flows[block.flow] = f
+            order.append((block.flow, clock))
         }
         clock &+= 1
         f.lastUse = clock
         if !bytes.isEmpty { consume(f, bytes, block) }
         if block.flowMarks.contains(.end) {
             flows.removeValue(forKey: block.flow)
-            if block.flow & 1 == 1 { pendingMethods.removeValue(forKey: block.flow >> 1) }
+            // Either direction's end ends what the connection's requests wait for.
+            pendingMethods.removeValue(forKey: block.flow >> 1)
         }
         return 0
     }

@@ -12,8 +12,10 @@ import PipesRuntime
 /// * Bytes already handed on are never handed on again: a retransmission is dropped, an overlap trimmed. Between
 ///   held segments, the one earlier in sequence order gives the overlapping bytes.
 /// * A gap that does not fill is skipped (counted in `untcp_gaps`, `untcp_gap_bytes`) when the direction holds
-///   more than `window` bytes ahead of it, when all connections hold more than `memory`, when the connection ends
-///   or is evicted, and at the end of the input. Bytes a capture's snap length cut off count as a gap too.
+///   more than `window` bytes ahead of it, when all connections hold more than `memory` (then the connections idle
+///   longest skip theirs too), when the connection ends or is evicted, when a SYN with another ISN reuses its
+///   ports, and at the end of the input. Bytes a capture's snap length cut off count as a gap too. Held segments
+///   count `segmentOverhead` bytes each on top of their payload.
 /// * A connection starts at its SYN, or mid-stream at its first segment with data. At most `connections` are
 ///   tracked: a new one evicts the one idle longest (`untcp_evicted`). A SYN on a port pair whose connection
 ///   has finished starts a new connection.
@@ -46,10 +48,18 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         var fin: UInt32 = 0
         var hasFin = false
         var started = false
+        /// The sequence number of its SYN, if one was seen.
+        var isn: UInt32 = 0
+        var synSeen = false
         /// Held segments, in sequence order from `next`.
         var pending: [Segment] = []
+        /// What they cost: their captured bytes plus `segmentOverhead` each.
         var pendingBytes = 0
     }
+
+    /// What holding a segment costs beyond its bytes (the copy's header, the array entry), counted against
+    /// `window` and `memory` so that many tiny segments cannot hold far more memory than the limits say.
+    static let segmentOverhead = 64
 
     struct Connection {
         /// Direction 0: the side that opened it (sent the SYN), or the first seen.
@@ -64,6 +74,9 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         /// Ended (both FINs, a RST): kept, so late copies of its segments are known as such, until a new SYN on its
         /// ports or eviction.
         var done = false
+        /// When its last segment was captured (its end marks at the end of the input carry it).
+        var lastSeconds: Int64 = 0
+        var lastNanoseconds: Int32 = 0
     }
 
     // Connection slots live in chunks that never move, reached by index: no reference counting per segment.
@@ -192,6 +205,14 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
 
         let canonical = UnTCP.canonical(key)
         var s = index[canonical] ?? -1
+        // A SYN from the opener with another ISN: the port pair was reused while the old connection had not ended
+        // (its FIN behind a gap that never filled): the old one ends, gaps skipped, and a new one starts.
+        if s >= 0 && syn && !ack && !slot(s).pointee.done && slot(s).pointee.key == key
+            && slot(s).pointee.sides.0.synSeen && slot(s).pointee.sides.0.isn != seqField {
+            endConnection(s, block)
+            forget(s)
+            s = -1
+        }
         if s >= 0 && slot(s).pointee.done {
             // A new connection on a port pair whose last one ended; else a late copy of the old one's segments.
             if syn && !ack {
@@ -208,6 +229,8 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         }
         touch(s)
         let c = slot(s)
+        c.pointee.lastSeconds = block.seconds
+        c.pointee.lastNanoseconds = block.nanoseconds
         let dir: UInt32 = c.pointee.key == key ? 0 : 1
         if dir == 0 {
             segment(&c.pointee.sides.0, s, dir, seqField, syn: syn, fin: fin, captured, wire, block)
@@ -229,6 +252,10 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
             if side.state == .unseen {
                 side.next = seq &+ 1
                 side.state = .open
+            }
+            if !side.synSeen {
+                side.synSeen = true
+                side.isn = seq
             }
             seq = seq &+ 1
         }
@@ -274,6 +301,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
             while !side.pending.isEmpty && (side.pendingBytes > limits.window || pendingTotal > limits.memory) {
                 skipGap(&side, s, dir, block)
             }
+            if pendingTotal > limits.memory { relieveMemory(block) }
             return
         }
         inOrder &+= 1
@@ -299,21 +327,44 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
 
     /// Keeps a copy of a segment ahead of a gap, in sequence order (after any that start at the same byte).
     private func hold(_ side: inout Side, _ seq: UInt32, _ captured: UnsafeRawBufferPointer, _ wire: Int) {
+        // Binary search for the place after every held segment that starts at or before it.
         let d = seq &- side.next
-        var i = side.pending.count
-        while i > 0 && (side.pending[i - 1].seq &- side.next) > d { i -= 1 }
-        side.pending.insert(Segment(seq: seq, data: Array(captured), wireLength: wire), at: i)
-        side.pendingBytes += captured.count
-        pendingTotal += captured.count
+        var lo = 0, hi = side.pending.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if side.pending[mid].seq &- side.next <= d { lo = mid + 1 } else { hi = mid }
+        }
+        side.pending.insert(Segment(seq: seq, data: Array(captured), wireLength: wire), at: lo)
+        let cost = captured.count + UnTCP.segmentOverhead
+        side.pendingBytes += cost
+        pendingTotal += cost
         pendingHigh = max(pendingHigh, pendingTotal)
+    }
+
+    /// Over `memory` with the current direction's gaps skipped: the connections idle longest skip theirs.
+    private func relieveMemory(_ block: Block) {
+        var s = oldest
+        while s >= 0 && pendingTotal > limits.memory {
+            let c = slot(s)
+            let next = c.pointee.newer
+            if !c.pointee.done {
+                while !c.pointee.sides.0.pending.isEmpty { skipGap(&c.pointee.sides.0, s, 0, block) }
+                while !c.pointee.sides.1.pending.isEmpty { skipGap(&c.pointee.sides.1, s, 1, block) }
+            }
+            s = next
+        }
     }
 
     /// Hands on held segments that the sequence has reached.
     private func drain(_ side: inout Side, _ s: Int32, _ dir: UInt32, _ block: Block) {
-        while let first = side.pending.first, Int32(bitPattern: first.seq &- side.next) <= 0 {
-            side.pending.removeFirst()
-            side.pendingBytes -= first.data.count
-            pendingTotal -= first.data.count
+        // The segments handed on leave the array in one step at the end (removing them one by one is quadratic).
+        var k = 0
+        while k < side.pending.count, Int32(bitPattern: side.pending[k].seq &- side.next) <= 0 {
+            let first = side.pending[k]
+            k += 1
+            let cost = first.data.count + UnTCP.segmentOverhead
+            side.pendingBytes -= cost
+            pendingTotal -= cost
             let over = Int(-Int64(Int32(bitPattern: first.seq &- side.next)))
             if over >= first.wireLength {
                 retransmitted &+= 1
@@ -325,6 +376,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
                 deliver(&side, s, dir, rest, first.wireLength - over, block)
             }
         }
+        if k > 0 { side.pending.removeFirst(k) }
     }
 
     /// Skips the gap before the first held segment.
@@ -448,11 +500,17 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
 
     /// The input ended: every connection ends, what is held goes on.
     public func endOfStream() {
-        let none = Block(bytes: UnsafeRawBufferPointer(start: nil, count: 0), linkType: .user)
-        handedOnForBlock = 0
+        // Every block handed on now is a block of its own (a new serial), timestamped as its connection's last
+        // segment.
+        handedOnForBlock = 1
         while oldest >= 0 {
             let s = oldest
-            if !slot(s).pointee.done { endConnection(s, none) }
+            let c = slot(s)
+            if !c.pointee.done {
+                let at = Block(bytes: UnsafeRawBufferPointer(start: nil, count: 0), seconds: c.pointee.lastSeconds,
+                               nanoseconds: c.pointee.lastNanoseconds, linkType: .user)
+                endConnection(s, at)
+            }
             forget(s)
         }
     }

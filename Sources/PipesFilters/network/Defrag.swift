@@ -8,8 +8,9 @@ import PipesRuntime
 ///
 /// Policy (man pipesfs-filters(7)): where fragments overlap, the bytes that arrived first stay. A datagram is
 /// complete when the fragment without "more fragments" has come and every byte before its end is there. At most
-/// `datagrams` (default 4096) are held; a new one evicts the one waiting longest (`defrag_evicted`). A fragment
-/// that would end past 65535 bytes of payload, or that disagrees with its datagram's known end, is dropped
+/// `datagrams` (default 4096) and 64 MiB of payload are held; past either, a new datagram evicts the one that
+/// started first (`defrag_evicted`). A fragment that would end past 65535 bytes of payload, or that disagrees with
+/// its datagram's known end, is dropped, as is a datagram that would not fit an IP length field
 /// (`defrag_malformed`).
 public final class Defrag: SpaceBoundFilter {
     struct Key: Hashable {
@@ -73,6 +74,12 @@ public final class Defrag: SpaceBoundFilter {
     public let limit: Int
     private var held: [Key: Datagram] = [:]
     private var clock: UInt64 = 0
+    private var order: [(Key, UInt64)] = []
+    private var orderHead = 0
+    /// Payload bytes held over all datagrams, and their bound (a tiny fragment far into a datagram makes room for
+    /// all before it).
+    private var heldBytes = 0
+    static let maxHeldBytes = 64 << 20
     private var owner: Unmanaged<Node>?
     /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
     public var unboundOutput: ((Block) -> Void)?
@@ -171,15 +178,27 @@ public final class Defrag: SpaceBoundFilter {
         if let known = held[key] {
             d = known
         } else {
-            if held.count >= limit, let (k, _) = held.min(by: { $0.value.age < $1.value.age }) {
-                held.removeValue(forKey: k)
-                evicted &+= 1
+            // Past the limit (datagrams, or held bytes) the datagram that started first goes: a queue of keys in
+            // the order they came, skipping those completed since.
+            while (held.count >= limit || heldBytes > Defrag.maxHeldBytes), orderHead < order.count {
+                let (k, born) = order[orderHead]
+                orderHead += 1
+                if let old = held[k], old.age == born {
+                    heldBytes -= old.payload.count
+                    held.removeValue(forKey: k)
+                    evicted &+= 1
+                }
+            }
+            if orderHead > 4096 && orderHead * 2 > order.count {
+                order.removeFirst(orderHead)
+                orderHead = 0
             }
             d = Datagram()
+            clock &+= 1
+            d.age = clock
             held[key] = d
+            order.append((key, clock))
         }
-        clock &+= 1
-        d.age = clock
         if d.end >= 0 && (stop > d.end || (!more && stop != d.end)) {
             malformed &+= 1
             return
@@ -189,14 +208,24 @@ public final class Defrag: SpaceBoundFilter {
             first(d)
             d.linkType = block.linkType
         }
+        let before = d.payload.count
         d.add(data, at: offset)
+        heldBytes += d.payload.count - before
         if d.have.last.map({ $0.upperBound > max(d.end, 0) && d.end >= 0 }) == true {
             malformed &+= 1
+            heldBytes -= d.payload.count
             held.removeValue(forKey: key)
             return
         }
         guard d.complete else { return }
+        heldBytes -= d.payload.count
         held.removeValue(forKey: key)
+        // The whole datagram must fit an IP length field.
+        let ipLength = key.v6 ? d.header.count - d.network - 40 + d.end : d.header.count - d.network + d.end
+        if ipLength > 65535 {
+            malformed &+= 1
+            return
+        }
         reassembled &+= 1
         var frame = d.header + d.payload[0..<d.end]
         let n = d.network
@@ -244,7 +273,12 @@ public final class Defrag: SpaceBoundFilter {
          ("defrag_evicted", "\(evicted)"), ("defrag_malformed", "\(malformed)")]
     }
 
-    public func shutdown() { held.removeAll() }
+    public func shutdown() {
+        held.removeAll()
+        order.removeAll()
+        orderHead = 0
+        heldBytes = 0
+    }
 
     public static let descriptor = FilterDescriptor(
         name: "defrag", summary: "reassembles fragmented IPv4 and IPv6 datagrams", usage: "defrag [datagrams=N]",

@@ -53,6 +53,9 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
     /// Names given so far, with how many connections had each (tcpflow's `cN` suffixes).
     private var names: [String: Int] = [:]
     private var openFiles = 0
+    /// Open files, oldest first (closed ones are dropped as they come up).
+    private var opened: [FlowFile] = []
+    private var unflowedMade = false
     private var clock: UInt64 = 0
     private unowned(unsafe) var space: Space?
 
@@ -155,10 +158,15 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
     }
 
     private func openFile(_ f: FlowFile) -> Bool {
-        if openFiles >= Files.maxOpen, let lru = flows.values.filter({ $0.fd >= 0 }).min(by: { $0.lastUse < $1.lastUse }) {
-            closeFile(lru)
+        // Past `maxOpen` the file opened first goes (a queue of open files; closed ones are skipped).
+        while openFiles >= Files.maxOpen, let old = opened.first {
+            opened.removeFirst()
+            if old.fd >= 0 { closeFile(old) }
         }
-        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (f.created ? O_APPEND : O_TRUNC)
+        // A file opened again, and `unflowed` (whose flows come and go), append to what this filter wrote there.
+        let again = f.created || (f.name == "unflowed" && unflowedMade)
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (again ? O_APPEND : O_TRUNC)
+        if f.name == "unflowed" { unflowedMade = true }
         let fd = openat(dirfd, f.name, flags, 0o644)
         if fd < 0 {
             fail(f, "cannot create '\(directory)/\(f.name)': \(String(cString: strerror(errno)))")
@@ -168,6 +176,8 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
         f.created = true
         f.fd = fd
         openFiles += 1
+        opened.append(f)
+        if opened.count > 4 * Files.maxOpen { opened.removeAll { $0.fd < 0 } }
         return true
     }
 

@@ -40,7 +40,8 @@ public final class PortClassifier: Filter, ClassReporting {
     }
 
     public func seenClassNames() -> [String] {
-        showing ? seenPorts(limit: PortClassifier.maxShown).map { String($0) } : []
+        // Port 0 is class 0, which never goes on: no directory for it.
+        showing ? seenPorts(limit: PortClassifier.maxShown + 1).filter { $0 != 0 }.prefix(PortClassifier.maxShown).map { String($0) } : []
     }
 
     public func control(_ command: String, _ argument: String) -> Result<Void, FilterError>? {
