@@ -60,10 +60,12 @@ public final class Compress: SpaceBoundFilter, FlushingFilter {
     private var idle: [Context] = []
     private var made = 0
 
-    private var owner: Unmanaged<Node>?
+    private var handOn = FilterOutput()
     /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)?
-    private var handedOnForBlock = 0
+    public var unboundOutput: ((Block) -> Void)? {
+        get { handOn.unbound }
+        set { handOn.unbound = newValue }
+    }
 
     // Statistics.
     private(set) var bytesIn: UInt64 = 0
@@ -163,7 +165,7 @@ public final class Compress: SpaceBoundFilter, FlushingFilter {
     public var arguments: String { text }
 
     public func bind(space: Space, node: Node) throws(FilterError) {
-        owner = Unmanaged.passUnretained(node)
+        handOn.owner = Unmanaged.passUnretained(node)
     }
 
     public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
@@ -171,7 +173,7 @@ public final class Compress: SpaceBoundFilter, FlushingFilter {
     // MARK: the data path
 
     public func process(_ block: inout Block) -> UInt32 {
-        handedOnForBlock = 0
+        handOn.begin()
         bytesIn &+= UInt64(block.count)
         let c = block.classValue == 0 ? 1 : block.classValue
         let tag = block.flow
@@ -315,21 +317,13 @@ public final class Compress: SpaceBoundFilter, FlushingFilter {
         b.flow = tag
         b.flowMarks = marks
         bytesOut &+= UInt64(view.count)
-        if let o = owner {
-            if handedOnForBlock == 0 { b.serial = from.serial } else { Node.stamp(&b, inSpaceOf: o) }
-            handedOnForBlock += 1
-            Node.forward(o, inSpaceOf: o, c, &b)
-        } else {
-            handedOnForBlock += 1
-            b.classValue = c
-            unboundOutput?(b)
-        }
+        handOn.hand(&b, c, from: from)
     }
 
     /// The input ended: every stream is finished, its trailer handed on with the flow's end mark.
     public func endOfStream() {
         let none = Block(bytes: UnsafeRawBufferPointer(start: nil, count: 0), linkType: .user)
-        handedOnForBlock = 0
+        handOn.begin()
         while flows.oldest >= 0 {
             let s = flows.oldest
             run(s, UnsafeRawBufferPointer(start: nil, count: 0), finish: true, endMark: true, none)

@@ -45,10 +45,12 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
     private var clock: UInt64 = 0
     private var order: [(UInt32, UInt64)] = []
     private var orderHead = 0
-    private var owner: Unmanaged<Node>?
-    private var handedOn = 0
+    private var output = FilterOutput()
     /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)?
+    public var unboundOutput: ((Block) -> Void)? {
+        get { output.unbound }
+        set { output.unbound = newValue }
+    }
 
     private(set) var messages = [UInt64](repeating: 0, count: 17)
     private(set) var bodyBytes: UInt64 = 0
@@ -59,7 +61,7 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
 
     public init() {}
 
-    public func bind(space: Space, node: Node) throws(FilterError) { owner = Unmanaged.passUnretained(node) }
+    public func bind(space: Space, node: Node) throws(FilterError) { output.owner = Unmanaged.passUnretained(node) }
     public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
 
     public func seenClassNames() -> [String] {
@@ -70,7 +72,7 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
 
     public func process(_ block: inout Block) -> UInt32 {
         let bytes = block.linkType == .user ? block.bytes : block.payloadBytes()
-        handedOn = 0
+        output.begin()
         let f: Flow
         if let known = flows[block.flow] {
             f = known
@@ -285,15 +287,7 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
         }
         var b = Block(bytes: head, wireLength: head.count, seconds: block.seconds, nanoseconds: block.nanoseconds, linkType: .user)
         b.flow = block.flow
-        if let o = owner {
-            if handedOn == 0 { b.serial = block.serial } else { Node.stamp(&b, inSpaceOf: o) }
-            handedOn += 1
-            Node.forward(o, inSpaceOf: o, c, &b)
-        } else {
-            handedOn += 1
-            b.classValue = c
-            unboundOutput?(b)
-        }
+        output.hand(&b, c, from: block)
     }
 
     static func startsWith(_ b: UnsafeRawBufferPointer, _ method: String) -> Bool {

@@ -62,10 +62,12 @@ public final class Pcap: SpaceBoundFilter, FlushingFilter {
     private var connectionNumber: [UInt32] = []
     private var connectionKey: [FlowKey] = []
 
-    private var owner: Unmanaged<Node>?
+    private var output = FilterOutput()
     /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)?
-    private var handedOnForBlock = 0
+    public var unboundOutput: ((Block) -> Void)? {
+        get { output.unbound }
+        set { output.unbound = newValue }
+    }
 
     // Statistics.
     private(set) var records: UInt64 = 0
@@ -124,7 +126,7 @@ public final class Pcap: SpaceBoundFilter, FlushingFilter {
     public var arguments: String { text }
 
     public func bind(space: Space, node: Node) throws(FilterError) {
-        owner = Unmanaged.passUnretained(node)
+        output.owner = Unmanaged.passUnretained(node)
     }
 
     public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
@@ -132,7 +134,7 @@ public final class Pcap: SpaceBoundFilter, FlushingFilter {
     // MARK: the data path
 
     public func process(_ block: inout Block) -> UInt32 {
-        handedOnForBlock = 0
+        output.begin()
         bytesIn &+= UInt64(block.count)
         let c = block.classValue == 0 ? 1 : block.classValue
         var tag = block.flow
@@ -284,22 +286,14 @@ public final class Pcap: SpaceBoundFilter, FlushingFilter {
         b.flow = tag
         b.flowMarks = marks
         bytesOut &+= UInt64(view.count)
-        if let o = owner {
-            if handedOnForBlock == 0 { b.serial = from.serial } else { Node.stamp(&b, inSpaceOf: o) }
-            handedOnForBlock += 1
-            Node.forward(o, inSpaceOf: o, c, &b)
-        } else {
-            handedOnForBlock += 1
-            b.classValue = c
-            unboundOutput?(b)
-        }
+        output.hand(&b, c, from: from)
     }
 
     /// The input ended: with `flows`, every connection ends (its directions get their end marks).
     public func endOfStream() {
         guard settings.flows else { return }
         let none = Block(bytes: UnsafeRawBufferPointer(start: nil, count: 0), linkType: .user)
-        handedOnForBlock = 0
+        output.begin()
         while connections.oldest >= 0 { endConnection(connections.oldest, none) }
     }
 

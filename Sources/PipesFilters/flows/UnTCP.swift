@@ -90,10 +90,12 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
     private var oldest: Int32 = -1
     private var pendingTotal = 0
 
-    private var owner: Unmanaged<Node>?
+    private var output = FilterOutput()
     /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)?
-    private var handedOnForBlock = 0
+    public var unboundOutput: ((Block) -> Void)? {
+        get { output.unbound }
+        set { output.unbound = newValue }
+    }
 
     // Statistics.
     private(set) var live = 0
@@ -160,7 +162,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
     public var arguments: String { text }
 
     public func bind(space: Space, node: Node) throws(FilterError) {
-        owner = Unmanaged.passUnretained(node)
+        output.owner = Unmanaged.passUnretained(node)
     }
 
     public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
@@ -201,7 +203,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         }
         wire = max(wire, captured.count)
         let syn = flags & 0x02 != 0, fin = flags & 0x01 != 0, rst = flags & 0x04 != 0, ack = flags & 0x10 != 0
-        handedOnForBlock = 0
+        output.begin()
 
         let canonical = UnTCP.canonical(key)
         var s = index[canonical] ?? -1
@@ -401,15 +403,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         b.flow = FlowTable.tag(connection: c.pointee.number, direction: dir)
         b.flowMarks = marks
         bytesOut &+= UInt64(view.count)
-        if let o = owner {
-            if handedOnForBlock == 0 { b.serial = from.serial } else { Node.stamp(&b, inSpaceOf: o) }
-            handedOnForBlock += 1
-            Node.forward(o, inSpaceOf: o, dir + 1, &b)
-        } else {
-            handedOnForBlock += 1
-            b.classValue = dir + 1
-            unboundOutput?(b)
-        }
+        output.hand(&b, dir + 1, from: from)
     }
 
     // MARK: connections
@@ -502,7 +496,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
     public func endOfStream() {
         // Every block handed on now is a block of its own (a new serial), timestamped as its connection's last
         // segment.
-        handedOnForBlock = 1
+        output.handedOn = 1
         while oldest >= 0 {
             let s = oldest
             let c = slot(s)

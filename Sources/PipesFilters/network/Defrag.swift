@@ -80,9 +80,12 @@ public final class Defrag: SpaceBoundFilter {
     /// all before it).
     private var heldBytes = 0
     static let maxHeldBytes = 64 << 20
-    private var owner: Unmanaged<Node>?
+    private var output = FilterOutput()
     /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)?
+    public var unboundOutput: ((Block) -> Void)? {
+        get { output.unbound }
+        set { output.unbound = newValue }
+    }
 
     private(set) var fragments: UInt64 = 0
     private(set) var reassembled: UInt64 = 0
@@ -106,7 +109,7 @@ public final class Defrag: SpaceBoundFilter {
 
     public var arguments: String { limit == 4096 ? "" : "datagrams=\(limit)" }
 
-    public func bind(space: Space, node: Node) throws(FilterError) { owner = Unmanaged.passUnretained(node) }
+    public func bind(space: Space, node: Node) throws(FilterError) { output.owner = Unmanaged.passUnretained(node) }
 
     public func process(_ block: inout Block) -> UInt32 {
         block.decodeNetwork()
@@ -257,14 +260,9 @@ public final class Defrag: SpaceBoundFilter {
         frame.withUnsafeBytes { raw in
             var b = Block(bytes: raw, wireLength: raw.count, seconds: block.seconds, nanoseconds: block.nanoseconds,
                           linkType: d.linkType)
-            b.serial = block.serial
             b.flow = block.flow
-            if let o = owner {
-                Node.forward(o, inSpaceOf: o, c, &b)
-            } else {
-                b.classValue = c
-                unboundOutput?(b)
-            }
+            output.begin()  // one datagram per fragment at most: it keeps the fragment's serial
+            output.hand(&b, c, from: block)
         }
     }
 
