@@ -7,14 +7,16 @@ import PipesRuntime
 /// as tcpflow names them (`SRCIP.SPORT-DSTIP.DPORT`, zero-padded; a later connection on the same ports gets `c1`,
 /// `c2`, … appended), so results compare with tcpflow's directly. Forwards everything.
 ///
-/// Each flow's bytes gather in a buffer (up to 64 KiB) that is written when full, when the flow ends (`.end`), and at
-/// the end of the input. At most 256 files are open at once: the least recently written is closed and opened again
+/// Each flow's bytes gather in a buffer (up to 64 KiB; 64 MiB over all flows, past which bytes go straight to
+/// their file) that is written when full, when the flow ends (`.end`), and at the end of the input. At most 256 files are open at once: the least recently written is closed and opened again
 /// (appending) when its flow goes on. Blocks without a flow tag go to `unflowed` in DIR. The writes are made by the
 /// producer's thread (a full buffer at a time); a failed write is reported once in `.errors` and counted in
 /// `files_write_errors`, and that flow's later bytes are dropped (counted in `files_lost_bytes`).
 public final class Files: SpaceBoundFilter, FlushingFilter {
     static let bufferSize = 64 << 10
     static let maxOpen = 256
+    /// What the buffers of all flows may take together: past it, a flow's bytes go to its file as they come.
+    static let bufferBudget = 64 << 20
 
     final class FlowFile {
         let name: String
@@ -29,13 +31,16 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
         init(name: String) { self.name = name }
         deinit { buffer?.deallocate() }
 
-        /// Room for `n` more bytes, if the buffer can grow to hold them.
-        func reserve(_ n: Int) -> Bool {
-            if used + n <= capacity { return true }
-            if used + n > Files.bufferSize { return false }
+        /// Room for `n` more bytes: the bytes the buffer grew by (0: it had room), or nil if it cannot hold them
+        /// (past `bufferSize`, or growing by more than `spare`).
+        func reserve(_ n: Int, spare: Int) -> Int? {
+            if used + n <= capacity { return 0 }
+            if used + n > Files.bufferSize { return nil }
             var c = max(4096, capacity)
             while c < used + n { c *= 2 }
             c = min(c, Files.bufferSize)
+            if c - capacity > spare { return nil }
+            let grown = c - capacity
             let b = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 64)
             if let old = buffer {
                 b.copyMemory(from: old, byteCount: used)
@@ -43,7 +48,7 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
             }
             buffer = b
             capacity = c
-            return true
+            return grown
         }
     }
 
@@ -53,6 +58,8 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
     /// Names given so far, with how many connections had each (tcpflow's `cN` suffixes).
     private var names: [String: Int] = [:]
     private var openFiles = 0
+    /// Bytes held by all flows' buffers (their capacity).
+    private var buffered = 0
     /// Open files, oldest first (closed ones are dropped as they come up).
     private var opened: [FlowFile] = []
     private var unflowedMade = false
@@ -105,6 +112,7 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
         if block.flowMarks.contains(.end) {
             flush(f)
             closeFile(f)
+            buffered -= f.capacity
             flows.removeValue(forKey: block.flow)
         }
         return c
@@ -123,12 +131,15 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
             lostBytes &+= UInt64(bytes.count)
             return
         }
-        if !f.reserve(bytes.count) {
+        if let g = f.reserve(bytes.count, spare: Files.bufferBudget - buffered) {
+            buffered += g
+        } else {
             flush(f)
-            if !f.reserve(bytes.count) {
-                write(f, bytes)
+            guard let g = f.reserve(bytes.count, spare: Files.bufferBudget - buffered) else {
+                write(f, bytes)  // no room in the budget (or a block past bufferSize): straight to the file
                 return
             }
+            buffered += g
         }
         (f.buffer! + f.used).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         f.used += bytes.count
@@ -203,6 +214,7 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
             closeFile(f)
         }
         flows.removeAll()
+        buffered = 0
     }
 
     /// The input ended: every flow's buffer goes to its file.
@@ -212,6 +224,7 @@ public final class Files: SpaceBoundFilter, FlushingFilter {
 
     public func statistics() -> [(String, String)] {
         var s = [("files_made", "\(filesMade)"), ("files_open", "\(openFiles)"), ("files_flows", "\(flows.count)"),
+                 ("files_buffered_bytes", "\(buffered)"),
                  ("files_bytes_written", "\(bytesWritten)"), ("files_write_errors", "\(writeErrors)"),
                  ("files_lost_bytes", "\(lostBytes)")]
         if let e = firstError { s.append(("files_first_error", e)) }
