@@ -32,3 +32,17 @@ public struct FilterOutput {
         }
     }
 }
+
+/// A filter that hands on blocks of its own through a `FilterOutput` it keeps (`untcp`, `defrag`, `http`, `pcap`,
+/// `compress`). Its `bind` sets `blockOutput.owner`.
+public protocol MakesBlocks: AnyObject {
+    var blockOutput: FilterOutput { get set }
+}
+
+extension MakesBlocks {
+    /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
+    public var unboundOutput: ((Block) -> Void)? {
+        get { blockOutput.unbound }
+        set { blockOutput.unbound = newValue }
+    }
+}

@@ -21,7 +21,7 @@ import PipesRuntime
 ///
 /// Blocks have link type `user`, the input's flow tag and class; a flow's first output block carries the `.start`
 /// of its input.
-public final class Compress: SpaceBoundFilter, FlushingFilter {
+public final class Compress: SpaceBoundFilter, FlushingFilter, MakesBlocks {
     public enum Codec: String, Sendable { case gzip, zstd }
 
     public struct Settings: Equatable, Sendable {
@@ -60,12 +60,8 @@ public final class Compress: SpaceBoundFilter, FlushingFilter {
     private var idle: [Context] = []
     private var made = 0
 
-    private var handOn = FilterOutput()
-    /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)? {
-        get { handOn.unbound }
-        set { handOn.unbound = newValue }
-    }
+    /// How it hands on the blocks it makes (`MakesBlocks`).
+    public var blockOutput = FilterOutput()
 
     // Statistics.
     private(set) var bytesIn: UInt64 = 0
@@ -165,7 +161,7 @@ public final class Compress: SpaceBoundFilter, FlushingFilter {
     public var arguments: String { text }
 
     public func bind(space: Space, node: Node) throws(FilterError) {
-        handOn.owner = Unmanaged.passUnretained(node)
+        blockOutput.owner = Unmanaged.passUnretained(node)
     }
 
     public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
@@ -173,7 +169,7 @@ public final class Compress: SpaceBoundFilter, FlushingFilter {
     // MARK: the data path
 
     public func process(_ block: inout Block) -> UInt32 {
-        handOn.begin()
+        blockOutput.begin()
         bytesIn &+= UInt64(block.count)
         let c = block.classValue == 0 ? 1 : block.classValue
         let tag = block.flow
@@ -317,13 +313,13 @@ public final class Compress: SpaceBoundFilter, FlushingFilter {
         b.flow = tag
         b.flowMarks = marks
         bytesOut &+= UInt64(view.count)
-        handOn.hand(&b, c, from: from)
+        blockOutput.hand(&b, c, from: from)
     }
 
     /// The input ended: every stream is finished, its trailer handed on with the flow's end mark.
     public func endOfStream() {
         let none = Block(bytes: UnsafeRawBufferPointer(start: nil, count: 0), linkType: .user)
-        handOn.begin()
+        blockOutput.begin()
         while flows.oldest >= 0 {
             let s = flows.oldest
             run(s, UnsafeRawBufferPointer(start: nil, count: 0), finish: true, endMark: true, none)

@@ -12,7 +12,7 @@ import PipesRuntime
 /// given up on). A flow whose bytes do not start like an HTTP message is given up on (`http_not_http`) until its
 /// end. Responses to HEAD, 1xx, 204 and 304 carry no body. At most 65536 flows are followed; past that the
 /// one that started first is forgotten (`http_evicted`).
-public final class HTTP: SpaceBoundFilter, ClassReporting {
+public final class HTTP: SpaceBoundFilter, ClassReporting, MakesBlocks {
     public static let maxHead = 16 << 10
     static let maxFlows = 1 << 16
     static let methods: [(String, UInt32)] = [
@@ -45,12 +45,8 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
     private var clock: UInt64 = 0
     private var order: [(UInt32, UInt64)] = []
     private var orderHead = 0
-    private var output = FilterOutput()
-    /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)? {
-        get { output.unbound }
-        set { output.unbound = newValue }
-    }
+    /// How it hands on the blocks it makes (`MakesBlocks`).
+    public var blockOutput = FilterOutput()
 
     private(set) var messages = [UInt64](repeating: 0, count: 17)
     private(set) var bodyBytes: UInt64 = 0
@@ -61,7 +57,7 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
 
     public init() {}
 
-    public func bind(space: Space, node: Node) throws(FilterError) { output.owner = Unmanaged.passUnretained(node) }
+    public func bind(space: Space, node: Node) throws(FilterError) { blockOutput.owner = Unmanaged.passUnretained(node) }
     public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
 
     public func seenClassNames() -> [String] {
@@ -72,7 +68,7 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
 
     public func process(_ block: inout Block) -> UInt32 {
         let bytes = block.linkType == .user ? block.bytes : block.payloadBytes()
-        output.begin()
+        blockOutput.begin()
         let f: Flow
         if let known = flows[block.flow] {
             f = known
@@ -287,7 +283,7 @@ public final class HTTP: SpaceBoundFilter, ClassReporting {
         }
         var b = Block(bytes: head, wireLength: head.count, seconds: block.seconds, nanoseconds: block.nanoseconds, linkType: .user)
         b.flow = block.flow
-        output.hand(&b, c, from: block)
+        blockOutput.hand(&b, c, from: block)
     }
 
     static func startsWith(_ b: UnsafeRawBufferPointer, _ method: String) -> Bool {

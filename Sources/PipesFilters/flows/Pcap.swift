@@ -24,7 +24,7 @@ import PipesRuntime
 ///
 /// No allocation per block: the header and the record are built in a scratch buffer that grows only when a larger
 /// block arrives, and the blocks handed on are views of it, valid for the length of the push (as every block is).
-public final class Pcap: SpaceBoundFilter, FlushingFilter {
+public final class Pcap: SpaceBoundFilter, FlushingFilter, MakesBlocks {
     public struct Settings: Equatable, Sendable {
         public var flows = false
         public var connections = 65_536
@@ -62,12 +62,8 @@ public final class Pcap: SpaceBoundFilter, FlushingFilter {
     private var connectionNumber: [UInt32] = []
     private var connectionKey: [FlowKey] = []
 
-    private var output = FilterOutput()
-    /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)? {
-        get { output.unbound }
-        set { output.unbound = newValue }
-    }
+    /// How it hands on the blocks it makes (`MakesBlocks`).
+    public var blockOutput = FilterOutput()
 
     // Statistics.
     private(set) var records: UInt64 = 0
@@ -126,7 +122,7 @@ public final class Pcap: SpaceBoundFilter, FlushingFilter {
     public var arguments: String { text }
 
     public func bind(space: Space, node: Node) throws(FilterError) {
-        output.owner = Unmanaged.passUnretained(node)
+        blockOutput.owner = Unmanaged.passUnretained(node)
     }
 
     public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
@@ -134,7 +130,7 @@ public final class Pcap: SpaceBoundFilter, FlushingFilter {
     // MARK: the data path
 
     public func process(_ block: inout Block) -> UInt32 {
-        output.begin()
+        blockOutput.begin()
         bytesIn &+= UInt64(block.count)
         let c = block.classValue == 0 ? 1 : block.classValue
         var tag = block.flow
@@ -286,14 +282,14 @@ public final class Pcap: SpaceBoundFilter, FlushingFilter {
         b.flow = tag
         b.flowMarks = marks
         bytesOut &+= UInt64(view.count)
-        output.hand(&b, c, from: from)
+        blockOutput.hand(&b, c, from: from)
     }
 
     /// The input ended: with `flows`, every connection ends (its directions get their end marks).
     public func endOfStream() {
         guard settings.flows else { return }
         let none = Block(bytes: UnsafeRawBufferPointer(start: nil, count: 0), linkType: .user)
-        output.begin()
+        blockOutput.begin()
         while connections.oldest >= 0 { endConnection(connections.oldest, none) }
     }
 

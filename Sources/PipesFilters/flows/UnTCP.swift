@@ -21,7 +21,7 @@ import PipesRuntime
 ///   has finished starts a new connection.
 /// * Sequence numbers compare modulo 2^32, so streams wrap around; a segment more than 1 GiB ahead is ignored
 ///   (`untcp_out_of_window`).
-public final class UnTCP: SpaceBoundFilter, FlushingFilter {
+public final class UnTCP: SpaceBoundFilter, FlushingFilter, MakesBlocks {
     public struct Limits: Equatable, Sendable {
         public var connections = 262_144
         public var memory = 64 << 20
@@ -90,12 +90,8 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
     private var oldest: Int32 = -1
     private var pendingTotal = 0
 
-    private var output = FilterOutput()
-    /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)? {
-        get { output.unbound }
-        set { output.unbound = newValue }
-    }
+    /// How it hands on the blocks it makes (`MakesBlocks`).
+    public var blockOutput = FilterOutput()
 
     // Statistics.
     private(set) var live = 0
@@ -162,7 +158,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
     public var arguments: String { text }
 
     public func bind(space: Space, node: Node) throws(FilterError) {
-        output.owner = Unmanaged.passUnretained(node)
+        blockOutput.owner = Unmanaged.passUnretained(node)
     }
 
     public func outputLinkType(_ input: LinkType?) -> LinkType? { .user }
@@ -203,7 +199,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         }
         wire = max(wire, captured.count)
         let syn = flags & 0x02 != 0, fin = flags & 0x01 != 0, rst = flags & 0x04 != 0, ack = flags & 0x10 != 0
-        output.begin()
+        blockOutput.begin()
 
         let canonical = UnTCP.canonical(key)
         var s = index[canonical] ?? -1
@@ -403,7 +399,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
         b.flow = FlowTable.tag(connection: c.pointee.number, direction: dir)
         b.flowMarks = marks
         bytesOut &+= UInt64(view.count)
-        output.hand(&b, dir + 1, from: from)
+        blockOutput.hand(&b, dir + 1, from: from)
     }
 
     // MARK: connections
@@ -496,7 +492,7 @@ public final class UnTCP: SpaceBoundFilter, FlushingFilter {
     public func endOfStream() {
         // Every block handed on now is a block of its own (a new serial), timestamped as its connection's last
         // segment.
-        output.handedOn = 1
+        blockOutput.handedOn = 1
         while oldest >= 0 {
             let s = oldest
             let c = slot(s)

@@ -12,7 +12,7 @@ import PipesRuntime
 /// started first (`defrag_evicted`). A fragment that would end past 65535 bytes of payload, or that disagrees with
 /// its datagram's known end, is dropped, as is a datagram that would not fit an IP length field
 /// (`defrag_malformed`).
-public final class Defrag: SpaceBoundFilter {
+public final class Defrag: SpaceBoundFilter, MakesBlocks {
     struct Key: Hashable {
         var source: FlowAddress
         var destination: FlowAddress
@@ -80,12 +80,8 @@ public final class Defrag: SpaceBoundFilter {
     /// all before it).
     private var heldBytes = 0
     static let maxHeldBytes = 64 << 20
-    private var output = FilterOutput()
-    /// Where blocks go while the filter has no node (tests drive it directly; in a graph they go to its node).
-    public var unboundOutput: ((Block) -> Void)? {
-        get { output.unbound }
-        set { output.unbound = newValue }
-    }
+    /// How it hands on the blocks it makes (`MakesBlocks`).
+    public var blockOutput = FilterOutput()
 
     private(set) var fragments: UInt64 = 0
     private(set) var reassembled: UInt64 = 0
@@ -109,7 +105,7 @@ public final class Defrag: SpaceBoundFilter {
 
     public var arguments: String { limit == 4096 ? "" : "datagrams=\(limit)" }
 
-    public func bind(space: Space, node: Node) throws(FilterError) { output.owner = Unmanaged.passUnretained(node) }
+    public func bind(space: Space, node: Node) throws(FilterError) { blockOutput.owner = Unmanaged.passUnretained(node) }
 
     public func process(_ block: inout Block) -> UInt32 {
         block.decodeNetwork()
@@ -261,8 +257,8 @@ public final class Defrag: SpaceBoundFilter {
             var b = Block(bytes: raw, wireLength: raw.count, seconds: block.seconds, nanoseconds: block.nanoseconds,
                           linkType: d.linkType)
             b.flow = block.flow
-            output.begin()  // one datagram per fragment at most: it keeps the fragment's serial
-            output.hand(&b, c, from: block)
+            blockOutput.begin()  // one datagram per fragment at most: it keeps the fragment's serial
+            blockOutput.hand(&b, c, from: block)
         }
     }
 
